@@ -193,7 +193,7 @@ rig_login() {
         iscsiadm -m node -T "$iqn" -p "$RIG_PORTAL" -o update -n node.session.auth.password -v "$pass" || return 1
     fi
     iscsiadm -m node -T "$iqn" -p "$RIG_PORTAL" --login || { rig_log "login failed"; return 1; }
-    RIG_DEV=$(rig_lun_dev "$iqn" "$RIG_LUN") || { rig_log "no disk for LUN $RIG_LUN of $iqn"; return 1; }
+    RIG_DEV=$(rig_lun_dev "$iqn" "$RIG_LUN" "${RIG_LUN_TIMEOUT:-20}") || { rig_log "no disk for LUN $RIG_LUN of $iqn"; return 1; }
     rig_log "logged in to $iqn, LUN $RIG_LUN is $RIG_DEV"
 }
 

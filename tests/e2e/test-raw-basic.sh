@@ -1,0 +1,95 @@
+#!/bin/bash
+# qlun end-to-end test: raw image served as a user:qlun LUN over iSCSI.
+#
+#   tests/e2e/test-raw-basic.sh            (CTest calls it like this)
+#
+# Host side: makes a pseudo-random 64 MiB pattern plus a few unaligned
+# patches and the expected result, boots the rig (tests/e2e/rig.sh) with
+# tests/e2e/guest/raw-basic.sh, then checks the backing image file itself by
+# dumping it with debugfs from the rig's ext4 data disk after the VM is off.
+#
+# Exit: 0 all checks passed; 1 a check failed; 77 skipped (handler_qlun.so
+# not built, or no bootable kernel / QEMU: run scripts/install-rig-deps.sh).
+# Env: QLUN_HANDLER_DIR, QLUN_BUILD_DIR (default <repo>/build), QLUN_RIG_*
+# (see rig.sh), QLUN_E2E_KEEP=1 keep the work dir, QLUN_E2E_PATTERN_MB (64).
+set -u
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+START=$(date +%s)
+
+BUILD=${QLUN_BUILD_DIR:-$REPO/build}
+if [ -z "${QLUN_HANDLER_DIR:-}" ]; then
+    h=$(find "$BUILD" -name handler_qlun.so -type f 2>/dev/null | head -1)
+    [ -n "$h" ] && QLUN_HANDLER_DIR=$(dirname "$(realpath "$h")")
+fi
+if [ -z "${QLUN_HANDLER_DIR:-}" ] || [ ! -f "$QLUN_HANDLER_DIR/handler_qlun.so" ]; then
+    echo "SKIP: handler_qlun.so not found (build it: cmake -S $REPO -B $BUILD && cmake --build $BUILD, or set QLUN_HANDLER_DIR)"
+    exit 77
+fi
+export QLUN_HANDLER_DIR QLUN_BUILD_DIR=$BUILD
+if ! command -v qemu-system-x86_64 >/dev/null || ! ls /boot/vmlinuz-* >/dev/null 2>&1; then
+    echo "SKIP: no qemu-system-x86_64 or /boot/vmlinuz-* (run scripts/install-rig-deps.sh)"
+    exit 77
+fi
+
+WORK=$(mktemp -d "${TMPDIR:-/var/tmp}/qlun-e2e-raw.XXXXXX")
+keep() { [ "${QLUN_E2E_KEEP:-0}" = 1 ] || [ "${FAILED:-1}" != 0 ]; }
+trap 'if keep; then echo "work dir kept: $WORK"; else rm -rf "$WORK"; fi' EXIT
+
+# ---- inputs -------------------------------------------------------------------
+MB=${QLUN_E2E_PATTERN_MB:-64}
+SIZE=$((MB << 20))
+head -c "$SIZE" /dev/urandom >"$WORK/pattern.bin"
+cp "$WORK/pattern.bin" "$WORK/expected.bin"
+: >"$WORK/patches.txt"
+n=0
+# OFFSET LENGTH: odd offsets/lengths, crossing sector, 4 KiB and 1 MiB
+# boundaries, touching the first and the very last byte of the LUN
+for spec in "1 1" "511 2" "12345 777" "1048575 4097" "$((SIZE / 2 + 3)) 65539" \
+            "$((SIZE - 513)) 513" "0 1" "$((SIZE - 1)) 1"; do
+    set -- $spec
+    n=$((n + 1))
+    head -c "$2" /dev/urandom >"$WORK/patch$n.bin"
+    echo "$1 $2 patch$n.bin" >>"$WORK/patches.txt"
+    dd if="$WORK/patch$n.bin" of="$WORK/expected.bin" bs="$2" count=1 seek="$1" \
+       oflag=seek_bytes conv=notrunc status=none
+done
+
+# ---- guest run ----------------------------------------------------------------
+QLUN_RIG_WORKDIR=$WORK "$HERE/rig.sh" --disk 16G "$HERE/guest/raw-basic.sh"
+GUEST_RC=$?
+
+# ---- host checks on the backing image (VM is off, ext4 unmounted) --------------
+HOST_RESULTS=()
+HOST_FAIL=0
+hpass() { HOST_RESULTS+=("PASS  $1"); }
+hfail() { HOST_RESULTS+=("FAIL  $1${2:+  ($2)}"); HOST_FAIL=$((HOST_FAIL + 1)); }
+if debugfs -R "dump /raw-basic.img $WORK/image-from-disk.bin" "$WORK/data.img" >/dev/null 2>&1 &&
+   [ -s "$WORK/image-from-disk.bin" ]; then
+    if cmp "$WORK/image-from-disk.bin" "$WORK/expected.bin"; then
+        hpass "host: backing image (debugfs dump from the rig disk) == pattern + unaligned writes"
+    else
+        hfail "host: backing image == expected" "$(cmp "$WORK/image-from-disk.bin" "$WORK/expected.bin" 2>&1 | head -1)"
+    fi
+else
+    hfail "host: backing image dumped from the rig disk" "debugfs could not dump /raw-basic.img"
+fi
+rm -f "$WORK/image-from-disk.bin"
+
+# ---- report ---------------------------------------------------------------------
+echo
+echo "================ test-raw-basic report ================"
+if [ -s "$WORK/report.txt" ]; then cat "$WORK/report.txt"; else echo "FAIL  guest wrote no report (rig status $GUEST_RC)"; fi
+printf '%s\n' "${HOST_RESULTS[@]}"
+GUEST_FAIL=$(grep -c '^FAIL' "$WORK/report.txt" 2>/dev/null)
+GUEST_PASS=$(grep -c '^PASS' "$WORK/report.txt" 2>/dev/null)
+echo "-------------------------------------------------------"
+echo "guest: ${GUEST_PASS:-0} passed, ${GUEST_FAIL:-0} failed (rig status $GUEST_RC); host: $HOST_FAIL failed; $(( $(date +%s) - START )) s total"
+FAILED=0
+[ "$GUEST_RC" = 0 ] && [ "$HOST_FAIL" = 0 ] && [ -s "$WORK/report.txt" ] || FAILED=1
+if [ "$FAILED" != 0 ]; then
+    echo "FAIL (logs: $WORK/guest.log, $WORK/console.log, $WORK/logs/tcmu-runner.log, $WORK/out/)"
+    exit 1
+fi
+echo "PASS"
+exit 0
