@@ -1,0 +1,77 @@
+/* qlun — host storage: the bottom of the stack.
+ *
+ * A struct host is one open file or block device.  Format drivers (raw,
+ * qcow2) do all their I/O through it, so the knowledge of pread loops,
+ * fallocate modes, block-device ioctls and durability lives in one place.
+ *
+ * Every function returns 0 (or a byte count where stated) on success and a
+ * negative errno on failure.  All functions are safe to call concurrently on
+ * the same struct host (they use positional I/O only); host_open/host_close
+ * are not.
+ */
+#ifndef QLUN_BLOCK_HOST_H
+#define QLUN_BLOCK_HOST_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/uio.h>
+
+#include "image.h"
+
+struct host {
+    int fd;
+    bool is_blockdev;
+    bool read_only;
+    /* Block devices: logical block size from BLKSSZGET.  Files: 1. */
+    uint32_t logical_block_size;
+    /* What the storage can do, probed at open. */
+    bool can_punch_hole;          /* files: FALLOC_FL_PUNCH_HOLE */
+    atomic_bool can_zero_range;   /* files: FALLOC_FL_ZERO_RANGE; cleared
+                                   * when the filesystem says no */
+};
+
+/* Open path read-write (or read-only).  Refuses anything that is neither a
+ * regular file nor a block device.  On failure writes one line naming the
+ * cause into err. */
+int host_open(struct host *h, const char *path, bool read_only,
+              char *err, size_t errlen);
+void host_close(struct host *h);
+
+/* Current size in bytes (file length, or device capacity).  Negative errno
+ * on failure. */
+int64_t host_size(struct host *h);
+
+/* Read exactly len bytes; the part past end of file reads as zeros. */
+int host_pread(struct host *h, void *buf, size_t len, uint64_t off);
+int host_preadv(struct host *h, const struct iovec *iov, int iovcnt,
+                uint64_t off);
+/* Write exactly len bytes (retrying short writes).  Files grow as needed. */
+int host_pwrite(struct host *h, const void *buf, size_t len, uint64_t off);
+int host_pwritev(struct host *h, const struct iovec *iov, int iovcnt,
+                 uint64_t off);
+
+/* fdatasync: every completed write durable. */
+int host_flush(struct host *h);
+
+/* Make [off, off+len) read as zeros without writing data.
+ * may_unmap: the space may be released (punch a hole / BLKDISCARD where
+ * that reads back zeros).  Returns -ENOTSUP if the storage cannot do it
+ * cheaply; the caller then decides whether to write zeros. */
+int host_zero(struct host *h, uint64_t off, uint64_t len, bool may_unmap);
+
+/* Release [off, off+len).  Files: the range reads as zeros afterwards.
+ * Returns -ENOTSUP if not possible. */
+int host_discard(struct host *h, uint64_t off, uint64_t len);
+
+/* Set the length of a regular file (no-op error -ENOTSUP on devices). */
+int host_truncate(struct host *h, uint64_t size);
+
+/* Allocation status at off: DATA or UNALLOCATED (a hole), with the length
+ * of that extent clipped to len.  Uses SEEK_DATA/SEEK_HOLE on files;
+ * devices report DATA. */
+int host_block_status(struct host *h, uint64_t off, uint64_t len,
+                      enum image_extent_kind *kind, uint64_t *extent_len);
+
+#endif

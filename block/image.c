@@ -1,0 +1,140 @@
+/* qlun — the image interface: open by format name, range checks, and the
+ * fallbacks for optional driver operations. */
+#include "image.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../common/iov.h"
+#include "../common/util.h"
+
+int image_open(const struct image_open_opts *opts, struct image **out,
+               char *err, size_t errlen)
+{
+    assert(opts && opts->path && opts->format && out);
+    *out = NULL;
+    /* The format is what the user said, never what the content suggests:
+     * guessing lets a guest that writes a qcow2 header into a raw LUN make
+     * the host open arbitrary backing files. */
+    if (strcmp(opts->format, "raw") == 0)
+        return raw_open(opts, out, err, errlen);
+    if (strcmp(opts->format, "qcow2") == 0)
+        return qcow2_open(opts, out, err, errlen);
+    snprintf(err, errlen, "unknown image format '%s' (expected raw or qcow2)",
+             opts->format);
+    return -EINVAL;
+}
+
+static void assert_range(const struct image *img, uint64_t off, uint64_t len)
+{
+    assert(off <= img->size && len <= img->size - off);
+    (void)img, (void)off, (void)len;
+}
+
+int image_readv(struct image *img, const struct iovec *iov, int iovcnt,
+                uint64_t off)
+{
+    assert_range(img, off, iov_size(iov, iovcnt));
+    return img->ops->readv(img, iov, iovcnt, off);
+}
+
+int image_writev(struct image *img, const struct iovec *iov, int iovcnt,
+                 uint64_t off, unsigned flags)
+{
+    assert((flags & ~IMAGE_FUA) == 0);
+    assert_range(img, off, iov_size(iov, iovcnt));
+    if (img->info.read_only)
+        return -EROFS;
+    return img->ops->writev(img, iov, iovcnt, off, flags);
+}
+
+int image_read(struct image *img, void *buf, size_t len, uint64_t off)
+{
+    struct iovec iov = { .iov_base = buf, .iov_len = len };
+    return image_readv(img, &iov, 1, off);
+}
+
+int image_write(struct image *img, const void *buf, size_t len, uint64_t off,
+                unsigned flags)
+{
+    struct iovec iov = { .iov_base = (void *)buf, .iov_len = len };
+    return image_writev(img, &iov, 1, off, flags);
+}
+
+int image_flush(struct image *img)
+{
+    if (img->info.read_only)
+        return 0;
+    return img->ops->flush(img);
+}
+
+/* Zero by writing a shared zero buffer, in chunks. */
+static int zero_by_writing(struct image *img, uint64_t off, uint64_t len)
+{
+    enum { CHUNK = 1 << 20 };
+    static const uint8_t zeros[CHUNK];
+    while (len > 0) {
+        size_t n = (size_t)MIN(len, (uint64_t)CHUNK);
+        int ret = img->ops->writev(img,
+            &(struct iovec){ .iov_base = (void *)zeros, .iov_len = n }, 1,
+            off, 0);
+        if (ret < 0)
+            return ret;
+        off += n;
+        len -= n;
+    }
+    return 0;
+}
+
+int image_zero(struct image *img, uint64_t off, uint64_t len, unsigned flags)
+{
+    assert((flags & ~(IMAGE_MAY_UNMAP | IMAGE_NO_FALLBACK)) == 0);
+    assert_range(img, off, len);
+    if (img->info.read_only)
+        return -EROFS;
+    if (len == 0)
+        return 0;
+    if (img->ops->zero) {
+        int ret = img->ops->zero(img, off, len, flags);
+        if (ret != -ENOTSUP)
+            return ret;
+    }
+    if (flags & IMAGE_NO_FALLBACK)
+        return -ENOTSUP;
+    return zero_by_writing(img, off, len);
+}
+
+int image_discard(struct image *img, uint64_t off, uint64_t len)
+{
+    assert_range(img, off, len);
+    if (img->info.read_only)
+        return -EROFS;
+    if (len == 0 || !img->ops->discard)
+        return 0;
+    return img->ops->discard(img, off, len);
+}
+
+int image_block_status(struct image *img, uint64_t off, uint64_t len,
+                       enum image_extent_kind *kind, uint64_t *extent_len)
+{
+    assert(len > 0);
+    assert_range(img, off, len);
+    if (!img->ops->block_status) {
+        *kind = IMAGE_EXTENT_DATA;
+        *extent_len = len;
+        return 0;
+    }
+    int ret = img->ops->block_status(img, off, len, kind, extent_len);
+    assert(ret < 0 || (*extent_len > 0 && *extent_len <= len));
+    return ret;
+}
+
+int image_close(struct image *img)
+{
+    if (!img)
+        return 0;
+    return img->ops->close(img);
+}

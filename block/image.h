@@ -1,0 +1,134 @@
+/* qlun — the format-neutral image interface.
+ *
+ * Everything above this seam (scsi/, handler/) sees an image as a flat array
+ * of bytes with a size, plus a few operations that a thin-provisioned LUN
+ * needs (zero, discard, block status).  Everything below it (raw, qcow2) is a
+ * format driver over host storage (block/host.h).  A backing chain is just a
+ * format driver holding another struct image.
+ *
+ * Conventions, for every operation:
+ *  - Offsets and lengths are in bytes.  A request must lie inside
+ *    [0, image_size); callers check ranges (scsi/ turns a bad range into
+ *    LBA OUT OF RANGE), drivers assert it.
+ *  - Errors are negative errno values; 0 is success.  scsi/scsi_errno.c maps
+ *    them to SCSI sense in one table.  In particular:
+ *      -ENOSPC  host storage is full (thin LUN: DATA PROTECT 27/07)
+ *      -EROFS   image opened read-only
+ *      -EIO     host I/O failed
+ *      -EUCLEAN image metadata is corrupt (the driver marks it so)
+ *      -ENOTSUP operation not offered (e.g. zero with IMAGE_NO_FALLBACK)
+ *  - All operations may be called concurrently from many threads on the
+ *    same image; drivers serialise internally only what they must.
+ */
+#ifndef QLUN_BLOCK_IMAGE_H
+#define QLUN_BLOCK_IMAGE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/uio.h>
+
+struct image;
+
+/* Flags for image_writev(). */
+#define IMAGE_FUA         (1u << 0) /* durable before returning */
+
+/* Flags for image_zero(). */
+#define IMAGE_MAY_UNMAP   (1u << 0) /* the driver may deallocate the range */
+#define IMAGE_NO_FALLBACK (1u << 1) /* fail with -ENOTSUP rather than write
+                                     * zero-filled buffers */
+
+/* Kinds of extent reported by image_block_status(). */
+enum image_extent_kind {
+    IMAGE_EXTENT_DATA,        /* allocated, holds data */
+    IMAGE_EXTENT_ZERO,        /* reads as zeros; may or may not use space */
+    IMAGE_EXTENT_UNALLOCATED, /* deallocated: reads as zeros, uses no space */
+};
+
+/* What a driver tells the layers above about itself.  Filled at open. */
+struct image_info {
+    const char *format;         /* "raw", "qcow2" */
+    uint32_t cluster_size;      /* allocation unit in bytes; 0 = none */
+    uint32_t request_alignment; /* smallest efficient I/O unit (>= 1) */
+    bool read_only;
+    bool can_zero;              /* zero without writing data (metadata, fallocate) */
+    bool can_discard;           /* discard/unmap really deallocates */
+    bool discard_zeroes;        /* after discard, reads return zeros */
+};
+
+/* Operations a format driver implements.  Every pointer is required unless
+ * marked optional; image.c supplies the fallback for optional ones. */
+struct image_ops {
+    const char *name;
+
+    /* Read iov's total length at off.  Short reads never happen: past the
+     * end of host storage a driver returns zeros. */
+    int (*readv)(struct image *img, const struct iovec *iov, int iovcnt,
+                 uint64_t off);
+    /* Write iov's total length at off; flags: IMAGE_FUA. */
+    int (*writev)(struct image *img, const struct iovec *iov, int iovcnt,
+                  uint64_t off, unsigned flags);
+    /* Make every completed write durable, metadata included. */
+    int (*flush)(struct image *img);
+    /* Make [off, off+len) read as zeros.  Optional: without it image.c
+     * writes zero buffers (or fails -ENOTSUP under IMAGE_NO_FALLBACK). */
+    int (*zero)(struct image *img, uint64_t off, uint64_t len, unsigned flags);
+    /* Advisory deallocation.  Afterwards the range reads as zeros if
+     * info.discard_zeroes, else as unspecified-but-stable data; it never
+     * exposes a backing file's data.  Optional: without it, a no-op. */
+    int (*discard)(struct image *img, uint64_t off, uint64_t len);
+    /* Describe the extent starting at off: its kind and length (> 0,
+     * <= len).  Optional: without it, everything is DATA. */
+    int (*block_status)(struct image *img, uint64_t off, uint64_t len,
+                        enum image_extent_kind *kind, uint64_t *extent_len);
+    /* Release everything; a clean close (flush, clear dirty state). */
+    int (*close)(struct image *img);
+};
+
+/* The common part of every open image.  Drivers embed it first in their
+ * own state and set ops, size and info. */
+struct image {
+    const struct image_ops *ops;
+    uint64_t size;           /* virtual size in bytes */
+    struct image_info info;
+};
+
+/* How to open an image (filled by the handler from the cfgstring). */
+struct image_open_opts {
+    const char *path;       /* host path: regular file or block device */
+    const char *format;     /* "raw" or "qcow2"; never guessed */
+    bool read_only;
+    /* Backing files must resolve inside this directory tree; NULL means
+     * the top image's own directory.  "/" allows anything. */
+    const char *backing_root;
+};
+
+/* Open an image.  On failure returns a negative errno and writes one
+ * human-readable line naming the cause into err (errlen bytes). */
+int image_open(const struct image_open_opts *opts, struct image **out,
+               char *err, size_t errlen);
+
+/* Thin wrappers: assert the range, dispatch, supply fallbacks. */
+int image_readv(struct image *img, const struct iovec *iov, int iovcnt,
+                uint64_t off);
+int image_writev(struct image *img, const struct iovec *iov, int iovcnt,
+                 uint64_t off, unsigned flags);
+int image_read(struct image *img, void *buf, size_t len, uint64_t off);
+int image_write(struct image *img, const void *buf, size_t len, uint64_t off,
+                unsigned flags);
+int image_flush(struct image *img);
+int image_zero(struct image *img, uint64_t off, uint64_t len, unsigned flags);
+int image_discard(struct image *img, uint64_t off, uint64_t len);
+int image_block_status(struct image *img, uint64_t off, uint64_t len,
+                       enum image_extent_kind *kind, uint64_t *extent_len);
+/* Close and free; returns the driver's close status (the image is freed
+ * either way).  NULL is a no-op. */
+int image_close(struct image *img);
+
+/* Driver entry points, used by image_open(). */
+int raw_open(const struct image_open_opts *opts, struct image **out,
+             char *err, size_t errlen);
+int qcow2_open(const struct image_open_opts *opts, struct image **out,
+               char *err, size_t errlen);
+
+#endif

@@ -1,0 +1,154 @@
+/* qlun — cfgstring parsing. */
+#include "config.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "common/util.h"
+
+static int parse_bool(const char *v, bool *out)
+{
+    static const char *const yes[] = { "on", "yes", "true", "1" };
+    static const char *const no[] = { "off", "no", "false", "0" };
+    for (size_t i = 0; i < ARRAY_SIZE(yes); i++) {
+        if (strcmp(v, yes[i]) == 0) {
+            *out = true;
+            return 0;
+        }
+        if (strcmp(v, no[i]) == 0) {
+            *out = false;
+            return 0;
+        }
+    }
+    return -EINVAL;
+}
+
+static int parse_abs_path(char *dst, size_t size, const char *v)
+{
+    if (v[0] != '/' || strlen(v) >= size)
+        return -EINVAL;
+    strcpy(dst, v);
+    return 0;
+}
+
+static int opt_format(struct qlun_config *cfg, const char *v)
+{
+    if (strcmp(v, "raw") && strcmp(v, "qcow2"))
+        return -EINVAL;
+    strcpy(cfg->format, v);
+    return 0;
+}
+
+static int opt_readonly(struct qlun_config *cfg, const char *v)
+{
+    return parse_bool(v, &cfg->read_only);
+}
+
+static int opt_serial(struct qlun_config *cfg, const char *v)
+{
+    size_t n = strlen(v);
+    if (n == 0 || n > QLUN_SERIAL_MAX)
+        return -EINVAL;
+    for (size_t i = 0; i < n; i++)
+        if (v[i] <= 0x20 || v[i] >= 0x7f)   /* printable, no spaces */
+            return -EINVAL;
+    strcpy(cfg->serial, v);
+    return 0;
+}
+
+static int opt_backing_root(struct qlun_config *cfg, const char *v)
+{
+    return parse_abs_path(cfg->backing_root, sizeof(cfg->backing_root), v);
+}
+
+/* tcmu-runner reads this one from every cfgstring itself. */
+static int opt_runner_owned(struct qlun_config *cfg, const char *v)
+{
+    return 0;
+}
+
+static const struct {
+    const char *name;
+    int (*apply)(struct qlun_config *cfg, const char *value);
+} options[] = {
+    { "format", opt_format },
+    { "readonly", opt_readonly },
+    { "serial", opt_serial },
+    { "backing_root", opt_backing_root },
+    { "tcmur_cmd_time_out", opt_runner_owned },
+};
+
+static int apply_option(struct qlun_config *cfg, char *opt, unsigned *seen,
+                        char *err, size_t errlen)
+{
+    char *eq = strchr(opt, '=');
+    if (!eq || eq == opt) {
+        snprintf(err, errlen, "malformed option '%s' (expected key=value)", opt);
+        return -EINVAL;
+    }
+    *eq = '\0';
+    const char *val = eq + 1;
+    for (size_t i = 0; i < ARRAY_SIZE(options); i++) {
+        if (strcmp(opt, options[i].name) != 0)
+            continue;
+        if (*seen & (1u << i)) {
+            snprintf(err, errlen, "option '%s' given twice", opt);
+            return -EINVAL;
+        }
+        *seen |= 1u << i;
+        if (options[i].apply(cfg, val) < 0) {
+            snprintf(err, errlen, "bad value '%s' for option '%s'", val, opt);
+            return -EINVAL;
+        }
+        return 0;
+    }
+    snprintf(err, errlen, "unknown option '%s' (known: format, readonly, "
+             "serial, backing_root)", opt);
+    return -EINVAL;
+}
+
+int qlun_config_parse(const char *cfgstring, struct qlun_config *cfg,
+                      char *err, size_t errlen)
+{
+    static const char prefix[] = QLUN_SUBTYPE "/";
+    char buf[PATH_MAX + 512];
+    unsigned seen = 0;
+
+    memset(cfg, 0, sizeof(*cfg));
+    strcpy(cfg->format, "qcow2");
+
+    if (!cfgstring || strncmp(cfgstring, prefix, sizeof(prefix) - 1) != 0) {
+        snprintf(err, errlen, "cfgstring must start with '%s'", prefix);
+        return -EINVAL;
+    }
+    const char *rest = cfgstring + sizeof(prefix) - 1;
+    if (strlen(rest) >= sizeof(buf)) {
+        snprintf(err, errlen, "cfgstring too long");
+        return -EINVAL;
+    }
+    strcpy(buf, rest);
+
+    char *opts = strchr(buf, ';');
+    if (opts)
+        *opts++ = '\0';
+    if (buf[0] == '\0') {
+        snprintf(err, errlen, "no image path in cfgstring (expected "
+                 "qlun/<absolute path>[;option=value]...)");
+        return -EINVAL;
+    }
+    if (parse_abs_path(cfg->path, sizeof(cfg->path), buf) < 0) {
+        snprintf(err, errlen, "image path '%s' must be absolute", buf);
+        return -EINVAL;
+    }
+    while (opts && *opts) {
+        char *next = strchr(opts, ';');
+        if (next)
+            *next++ = '\0';
+        int ret = apply_option(cfg, opts, &seen, err, errlen);
+        if (ret < 0)
+            return ret;
+        opts = next;
+    }
+    return 0;
+}

@@ -1,0 +1,29 @@
+/* qlun — the cfgstring: `qlun/<image path>[;option=value]...`
+ *
+ * Parsing is pure string work: it never touches the filesystem, so
+ * check_config (callable by any local user over D-Bus) can use it safely.
+ */
+#ifndef QLUN_HANDLER_CONFIG_H
+#define QLUN_HANDLER_CONFIG_H
+
+#include <limits.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+#define QLUN_SUBTYPE "qlun"
+#define QLUN_SERIAL_MAX 40
+
+struct qlun_config {
+    char path[PATH_MAX];          /* absolute path of the image */
+    char format[8];               /* "raw" or "qcow2" (default) */
+    bool read_only;               /* readonly=on */
+    char serial[QLUN_SERIAL_MAX + 1]; /* serial=; "" = LIO's unit serial */
+    char backing_root[PATH_MAX];  /* backing_root=; "" = image's directory */
+};
+
+/* Parse a cfgstring as tcmu-runner passes it (with the "qlun/" prefix).
+ * Returns 0, or -EINVAL with one line naming the problem in err. */
+int qlun_config_parse(const char *cfgstring, struct qlun_config *cfg,
+                      char *err, size_t errlen);
+
+#endif

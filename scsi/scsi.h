@@ -1,0 +1,66 @@
+/* qlun — transport-independent SCSI block device (SBC-4 over SPC-5).
+ *
+ * CDB and data buffers in; status, sense and data out.  Knows nothing of
+ * tcmu-runner or of image formats: it talks to a struct image (block/image.h)
+ * and nothing else.  Unit tests drive it directly.
+ *
+ * A struct scsi_lun is safe to use from many threads at once: commands may
+ * execute concurrently (the image serialises what it must).
+ */
+#ifndef QLUN_SCSI_SCSI_H
+#define QLUN_SCSI_SCSI_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/uio.h>
+
+#include "block/image.h"
+
+/* SAM status codes returned by scsi_lun_exec(). */
+enum scsi_status {
+    SCSI_STATUS_GOOD = 0x00,
+    SCSI_STATUS_CHECK_CONDITION = 0x02,
+    SCSI_STATUS_BUSY = 0x08,
+    SCSI_STATUS_TASK_SET_FULL = 0x28,
+};
+
+/* Fixed-format sense data is 18 bytes; transports give at least 96. */
+#define SCSI_SENSE_MAX 96
+
+/* One command.  The caller fills cdb, cdb_len and the data buffer; the
+ * LUN fills sense (on CHECK CONDITION) and reads or writes the buffer.
+ * The buffer is the data-out (written by the initiator) or data-in (to be
+ * returned) area, as the opcode implies; its length is the transport's
+ * expected transfer length. */
+struct scsi_cmd {
+    const uint8_t *cdb;
+    size_t cdb_len;
+    const struct iovec *iov;
+    int iovcnt;
+    uint8_t sense[SCSI_SENSE_MAX];
+    size_t sense_len;      /* bytes of sense valid after CHECK CONDITION */
+    size_t data_in_len;    /* bytes of data-in produced */
+};
+
+/* What the handler knows about a LUN when it creates it. */
+struct scsi_lun_config {
+    struct image *img;        /* borrowed; must outlive the LUN */
+    uint32_t block_size;      /* logical block size: 512 or 4096 */
+    uint64_t num_blocks;      /* LUN capacity; num_blocks*block_size <= image size */
+    uint32_t max_xfer_blocks; /* largest READ/WRITE accepted (VPD B0) */
+    const char *serial;       /* unit serial number (VPD 80), ASCII, <= 64 */
+    bool read_only;           /* every write fails DATA PROTECT 27/00 */
+    bool write_cache;         /* WCE in the caching mode page */
+};
+
+struct scsi_lun;
+
+/* Create a LUN over an open image.  Returns 0 or a negative errno. */
+int scsi_lun_new(const struct scsi_lun_config *cfg, struct scsi_lun **out);
+void scsi_lun_free(struct scsi_lun *lun);
+
+/* Execute one command to completion; returns an enum scsi_status. */
+int scsi_lun_exec(struct scsi_lun *lun, struct scsi_cmd *cmd);
+
+#endif

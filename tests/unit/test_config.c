@@ -1,0 +1,57 @@
+/* Unit tests: cfgstring parsing. */
+#include "handler/config.h"
+
+#include "check.h"
+
+static int parse(const char *s, struct qlun_config *cfg, char *err)
+{
+    err[0] = '\0';
+    return qlun_config_parse(s, cfg, err, 256);
+}
+
+int main(void)
+{
+    struct qlun_config cfg;
+    char err[256];
+
+    CHECK_EQ(parse("qlun//data/a.img", &cfg, err), 0);
+    CHECK(strcmp(cfg.path, "/data/a.img") == 0);
+    CHECK(strcmp(cfg.format, "qcow2") == 0);   /* the default */
+    CHECK(!cfg.read_only);
+
+    CHECK_EQ(parse("qlun//data/a.img;format=raw;readonly=on;serial=abc123",
+                   &cfg, err), 0);
+    CHECK(strcmp(cfg.format, "raw") == 0);
+    CHECK(cfg.read_only);
+    CHECK(strcmp(cfg.serial, "abc123") == 0);
+
+    CHECK_EQ(parse("qlun//a.img;backing_root=/srv/images", &cfg, err), 0);
+    CHECK(strcmp(cfg.backing_root, "/srv/images") == 0);
+    /* tcmu-runner's own option is accepted and left to it. */
+    CHECK_EQ(parse("qlun//a.img;tcmur_cmd_time_out=30", &cfg, err), 0);
+    /* A trailing separator is harmless. */
+    CHECK_EQ(parse("qlun//a.img;format=raw;", &cfg, err), 0);
+
+    /* Errors name the problem. */
+    CHECK(parse("qcow//a.img", &cfg, err) < 0 && strstr(err, "qlun/"));
+    CHECK(parse("qlun/", &cfg, err) < 0 && strstr(err, "no image path"));
+    CHECK(parse("qlun/relative.img", &cfg, err) < 0 && strstr(err, "absolute"));
+    CHECK(parse("qlun//a.img;colour=blue", &cfg, err) < 0 &&
+          strstr(err, "unknown option 'colour'"));
+    CHECK(parse("qlun//a.img;format=vmdk", &cfg, err) < 0 &&
+          strstr(err, "bad value 'vmdk' for option 'format'"));
+    CHECK(parse("qlun//a.img;readonly=maybe", &cfg, err) < 0 &&
+          strstr(err, "readonly"));
+    CHECK(parse("qlun//a.img;format", &cfg, err) < 0 &&
+          strstr(err, "malformed option"));
+    CHECK(parse("qlun//a.img;=raw", &cfg, err) < 0 &&
+          strstr(err, "malformed option"));
+    CHECK(parse("qlun//a.img;format=raw;format=qcow2", &cfg, err) < 0 &&
+          strstr(err, "given twice"));
+    CHECK(parse("qlun//a.img;serial=has space", &cfg, err) < 0);
+    CHECK(parse("qlun//a.img;serial=0123456789012345678901234567890123456789X",
+                &cfg, err) < 0);
+    CHECK(parse("qlun//a.img;backing_root=rel", &cfg, err) < 0);
+    CHECK(parse(NULL, &cfg, err) < 0);
+    return check_summary("test_config");
+}
