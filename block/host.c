@@ -86,6 +86,16 @@ int64_t host_size(struct host *h)
     return st.st_size;
 }
 
+int64_t host_allocated_bytes(struct host *h)
+{
+    struct stat st;
+    if (h->is_blockdev)
+        return -ENOTSUP;
+    if (fstat(h->fd, &st) < 0)
+        return -errno;
+    return (int64_t)st.st_blocks * 512;
+}
+
 int host_pread(struct host *h, void *buf, size_t len, uint64_t off)
 {
     struct iovec iov = { .iov_base = buf, .iov_len = len };

@@ -43,6 +43,9 @@ void host_close(struct host *h);
  * on failure. */
 int64_t host_size(struct host *h);
 
+/* Bytes of storage the file occupies (st_blocks); -ENOTSUP on devices. */
+int64_t host_allocated_bytes(struct host *h);
+
 /* Read exactly len bytes; the part past end of file reads as zeros. */
 int host_pread(struct host *h, void *buf, size_t len, uint64_t off);
 int host_preadv(struct host *h, const struct iovec *iov, int iovcnt,

@@ -132,6 +132,13 @@ int image_block_status(struct image *img, uint64_t off, uint64_t len,
     return ret;
 }
 
+int64_t image_allocated_bytes(struct image *img)
+{
+    if (!img->ops->allocated_bytes)
+        return -ENOTSUP;
+    return img->ops->allocated_bytes(img);
+}
+
 int image_close(struct image *img)
 {
     if (!img)

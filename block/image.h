@@ -81,6 +81,9 @@ struct image_ops {
      * <= len).  Optional: without it, everything is DATA. */
     int (*block_status)(struct image *img, uint64_t off, uint64_t len,
                         enum image_extent_kind *kind, uint64_t *extent_len);
+    /* Bytes of host storage in use (for thin-provisioning thresholds).
+     * Optional: without it, image_allocated_bytes() says -ENOTSUP. */
+    int64_t (*allocated_bytes)(struct image *img);
     /* Release everything; a clean close (flush, clear dirty state). */
     int (*close)(struct image *img);
 };
@@ -121,6 +124,7 @@ int image_zero(struct image *img, uint64_t off, uint64_t len, unsigned flags);
 int image_discard(struct image *img, uint64_t off, uint64_t len);
 int image_block_status(struct image *img, uint64_t off, uint64_t len,
                        enum image_extent_kind *kind, uint64_t *extent_len);
+int64_t image_allocated_bytes(struct image *img);
 /* Close and free; returns the driver's close status (the image is freed
  * either way).  NULL is a no-op. */
 int image_close(struct image *img);

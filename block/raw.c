@@ -56,6 +56,11 @@ static int raw_block_status(struct image *img, uint64_t off, uint64_t len,
     return host_block_status(raw_host(img), off, len, kind, extent_len);
 }
 
+static int64_t raw_allocated_bytes(struct image *img)
+{
+    return host_allocated_bytes(raw_host(img));
+}
+
 static int raw_close(struct image *img)
 {
     struct raw_image *r = (struct raw_image *)img;
@@ -73,6 +78,7 @@ static const struct image_ops raw_ops = {
     .zero = raw_zero,
     .discard = raw_discard,
     .block_status = raw_block_status,
+    .allocated_bytes = raw_allocated_bytes,
     .close = raw_close,
 };
 

@@ -1,6 +1,9 @@
-/* qlun — a LUN: configuration, and dispatch of CDBs to command handlers. */
+/* qlun — a LUN: configuration, dispatch of CDBs to command handlers, unit
+ * attention and statistics. */
 #include <assert.h>
 #include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -8,54 +11,7 @@
 #include "common/util.h"
 #include "scsi-internal.h"
 
-/* SCSI operation codes we implement. */
-enum {
-    OP_TEST_UNIT_READY = 0x00,
-    OP_REQUEST_SENSE = 0x03,
-    OP_READ_6 = 0x08,
-    OP_WRITE_6 = 0x0a,
-    OP_INQUIRY = 0x12,
-    OP_MODE_SENSE_6 = 0x1a,
-    OP_READ_CAPACITY_10 = 0x25,
-    OP_READ_10 = 0x28,
-    OP_WRITE_10 = 0x2a,
-    OP_SYNCHRONIZE_CACHE_10 = 0x35,
-    OP_MODE_SENSE_10 = 0x5a,
-    OP_READ_16 = 0x88,
-    OP_WRITE_16 = 0x8a,
-    OP_SYNCHRONIZE_CACHE_16 = 0x91,
-    OP_SERVICE_ACTION_IN_16 = 0x9e,
-    OP_READ_12 = 0xa8,
-    OP_WRITE_12 = 0xaa,
-};
-
-struct scsi_opcode {
-    uint8_t opcode;
-    scsi_exec_fn exec;
-};
-
-static const struct scsi_opcode opcodes[] = {
-    { OP_TEST_UNIT_READY, spc_test_unit_ready },
-    { OP_REQUEST_SENSE, spc_request_sense },
-    { OP_INQUIRY, spc_inquiry },
-    { OP_MODE_SENSE_6, spc_mode_sense },
-    { OP_MODE_SENSE_10, spc_mode_sense },
-    { OP_READ_CAPACITY_10, sbc_read_capacity10 },
-    { OP_SERVICE_ACTION_IN_16, sbc_service_action_in16 },
-    { OP_READ_6, sbc_read },
-    { OP_READ_10, sbc_read },
-    { OP_READ_12, sbc_read },
-    { OP_READ_16, sbc_read },
-    { OP_WRITE_6, sbc_write },
-    { OP_WRITE_10, sbc_write },
-    { OP_WRITE_12, sbc_write },
-    { OP_WRITE_16, sbc_write },
-    { OP_SYNCHRONIZE_CACHE_10, sbc_synchronize_cache },
-    { OP_SYNCHRONIZE_CACHE_16, sbc_synchronize_cache },
-};
-
-/* CDB length from the opcode's group code (SPC-5 4.2.5.1).  0: we do not
- * implement any opcode of that group. */
+/* CDB length from the opcode's group code (SPC-5 4.2.5.1). */
 static size_t cdb_length(uint8_t opcode)
 {
     switch (opcode >> 5) {
@@ -89,23 +45,48 @@ int scsi_lun_new(const struct scsi_lun_config *cfg, struct scsi_lun **out)
     struct scsi_lun *lun = calloc(1, sizeof(*lun));
     if (!lun)
         return -ENOMEM;
+    const struct image_info *info = &cfg->img->info;
     lun->img = cfg->img;
     lun->block_size = cfg->block_size;
     lun->block_shift = (unsigned)__builtin_ctz(cfg->block_size);
     lun->num_blocks = cfg->num_blocks;
     lun->max_xfer_blocks = cfg->max_xfer_blocks ? cfg->max_xfer_blocks : 2048;
-    lun->read_only = cfg->read_only || cfg->img->info.read_only;
+    lun->read_only = cfg->read_only || info->read_only;
+    /* Thin when the image can make ranges read as zeros without writing
+     * them: then WRITE SAME of zeros and UNMAP cost no data. */
+    lun->thin = info->can_zero || info->can_discard;
+    /* Unmapping works in the image's allocation unit: the qcow2 cluster,
+     * or the 4 KiB filesystem block under a raw file. */
+    uint32_t unit = MAX(info->cluster_size, 4096u);
+    lun->unmap_granularity = MAX(unit >> lun->block_shift, 1u);
     atomic_init(&lun->write_cache, cfg->write_cache);
     strcpy(lun->serial, cfg->serial);
     /* NAA 3 = locally assigned: 60 bits that we choose, here from the
      * serial, so the identifier is stable for as long as the serial is. */
     lun->naa_id = 0x3ull << 60 | (fnv1a64(cfg->serial) & ((1ull << 60) - 1));
+    lun->soft_threshold = cfg->soft_threshold;
+
+    /* Writer preference, so that COMPARE AND WRITE is not starved by a
+     * stream of ordinary writes. */
+    pthread_rwlockattr_t attr;
+    pthread_rwlockattr_init(&attr);
+    pthread_rwlockattr_setkind_np(&attr,
+                                  PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+    int ret = pthread_rwlock_init(&lun->write_lock, &attr);
+    pthread_rwlockattr_destroy(&attr);
+    if (ret) {
+        free(lun);
+        return -ret;
+    }
     *out = lun;
     return 0;
 }
 
 void scsi_lun_free(struct scsi_lun *lun)
 {
+    if (!lun)
+        return;
+    pthread_rwlock_destroy(&lun->write_lock);
     free(lun);
 }
 
@@ -117,6 +98,27 @@ int scsi_data_in(struct scsi_cmd *cmd, const void *buf, size_t len,
     return SCSI_STATUS_GOOD;
 }
 
+void scsi_check_soft_threshold(struct scsi_lun *lun)
+{
+    if (!lun->soft_threshold || atomic_load(&lun->threshold_reported))
+        return;
+    /* Asking the host costs a system call: do it every 64 writes. */
+    if (atomic_fetch_add(&lun->writes_since_check, 1) % 64 != 0)
+        return;
+    int64_t used = image_allocated_bytes(lun->img);
+    if (used < 0 || (uint64_t)used < lun->soft_threshold)
+        return;
+    if (!atomic_exchange(&lun->threshold_reported, true))
+        atomic_store(&lun->pending_ua, ASC_SOFT_THRESHOLD_REACHED);
+}
+
+/* Commands that report a pending unit attention rather than run
+ * (SAM-5 5.14: INQUIRY, REPORT LUNS and REQUEST SENSE never do). */
+static bool reports_unit_attention(uint8_t opcode)
+{
+    return opcode != 0x12 && opcode != 0xa0 && opcode != 0x03;
+}
+
 int scsi_lun_exec(struct scsi_lun *lun, struct scsi_cmd *cmd)
 {
     assert(lun && cmd && cmd->cdb);
@@ -126,17 +128,91 @@ int scsi_lun_exec(struct scsi_lun *lun, struct scsi_cmd *cmd)
         return scsi_fail(cmd, SK_ILLEGAL_REQUEST, ASC_INVALID_COMMAND_OPCODE);
 
     uint8_t opcode = cmd->cdb[0];
-    for (size_t i = 0; i < ARRAY_SIZE(opcodes); i++) {
-        if (opcodes[i].opcode != opcode)
-            continue;
-        size_t need = cdb_length(opcode);
-        assert(need > 0);
-        if (cmd->cdb_len < need)
-            return scsi_fail_cdb_field(cmd, 0, -1);
-        /* CONTROL byte: NACA (bit 2) asks for ACA, which we do not offer. */
-        if (cmd->cdb[need - 1] & 0x04)
-            return scsi_fail_cdb_field(cmd, (unsigned)need - 1, 2);
-        return opcodes[i].exec(lun, cmd);
+    scsi_stat_add(lun, commands[opcode], 1);
+
+    int st;
+    if (reports_unit_attention(opcode) && atomic_load(&lun->pending_ua)) {
+        int asc = atomic_exchange(&lun->pending_ua, 0);
+        if (asc) {
+            st = scsi_fail(cmd, SK_UNIT_ATTENTION, (enum sense_asc)asc);
+            goto out;
+        }
     }
-    return scsi_fail(cmd, SK_ILLEGAL_REQUEST, ASC_INVALID_COMMAND_OPCODE);
+
+    size_t need = cdb_length(opcode);
+    const struct scsi_opcode *op = NULL;
+    if (need && scsi_opcode_known(opcode)) {
+        if (cmd->cdb_len < need) {
+            st = scsi_fail_cdb_field(cmd, 0, -1);
+            goto out;
+        }
+        uint16_t sa = scsi_opcode_has_sa(opcode) ? cmd->cdb[1] & 0x1f : 0;
+        op = scsi_opcode_find(opcode, sa);
+        if (!op) {
+            /* A known opcode with a service action we lack. */
+            st = scsi_fail_cdb_field(cmd, 1, 4);
+            goto out;
+        }
+    }
+    if (!op) {
+        st = scsi_fail(cmd, SK_ILLEGAL_REQUEST, ASC_INVALID_COMMAND_OPCODE);
+        goto out;
+    }
+    /* CONTROL byte: NACA asks for ACA, which we do not offer. */
+    if (cmd->cdb[need - 1] & 0x04) {
+        st = scsi_fail_cdb_field(cmd, (unsigned)need - 1, 2);
+        goto out;
+    }
+    st = op->exec(lun, cmd);
+out:
+    if (st != SCSI_STATUS_GOOD)
+        scsi_stat_add(lun, errors, 1);
+    return st;
+}
+
+void scsi_lun_get_stats(struct scsi_lun *lun, struct scsi_lun_stats *out)
+{
+    for (int i = 0; i < 256; i++)
+        out->commands[i] = atomic_load(&lun->stats.commands[i]);
+    out->errors = atomic_load(&lun->stats.errors);
+    out->bytes_read = atomic_load(&lun->stats.bytes_read);
+    out->bytes_written = atomic_load(&lun->stats.bytes_written);
+    out->bytes_zeroed = atomic_load(&lun->stats.bytes_zeroed);
+    out->bytes_unmapped = atomic_load(&lun->stats.bytes_unmapped);
+}
+
+int scsi_lun_stats_json(struct scsi_lun *lun, char *buf, size_t size)
+{
+    struct scsi_lun_stats s;
+    size_t n = 0;
+    scsi_lun_get_stats(lun, &s);
+
+/* Append with snprintf semantics: keep counting past a full buffer. */
+#define APPEND(...)                                                       \
+    n += (size_t)snprintf(buf + MIN(n, size), size - MIN(n, size), __VA_ARGS__)
+
+    APPEND("{\"serial\":\"%s\",\"bytes_read\":%" PRIu64
+           ",\"bytes_written\":%" PRIu64 ",\"bytes_zeroed\":%" PRIu64
+           ",\"bytes_unmapped\":%" PRIu64 ",\"errors\":%" PRIu64
+           ",\"commands\":{", lun->serial, s.bytes_read, s.bytes_written,
+           s.bytes_zeroed, s.bytes_unmapped, s.errors);
+    bool first = true;
+    for (int op = 0; op < 256; op++) {
+        if (!s.commands[op])
+            continue;
+        /* Opcodes with service actions are counted once, by opcode. */
+        const struct scsi_opcode *o =
+            scsi_opcode_has_sa((uint8_t)op) ? NULL
+                                            : scsi_opcode_find((uint8_t)op, 0);
+        if (o)
+            APPEND("%s\"%s\":%" PRIu64, first ? "" : ",", o->name,
+                   s.commands[op]);
+        else
+            APPEND("%s\"opcode 0x%02x\":%" PRIu64, first ? "" : ",", op,
+                   s.commands[op]);
+        first = false;
+    }
+    APPEND("}}");
+#undef APPEND
+    return (int)n;
 }

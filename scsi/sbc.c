@@ -1,5 +1,5 @@
 /* qlun — block commands (SBC-4): capacity, READ, WRITE, SYNCHRONIZE
- * CACHE. */
+ * CACHE, PRE-FETCH, START STOP UNIT. */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -8,14 +8,12 @@
 #include "common/util.h"
 #include "scsi-internal.h"
 
-/* Service actions of SERVICE ACTION IN (16). */
-enum { SAI_READ_CAPACITY_16 = 0x10 };
-
-/* A decoded READ/WRITE/SYNCHRONIZE CACHE CDB. */
+/* A decoded READ/WRITE CDB. */
 struct sbc_range {
     uint64_t lba;
     uint64_t num_blocks;
     uint8_t flags;      /* CDB byte 1 (RDPROTECT/WRPROTECT, DPO, FUA) */
+    unsigned len_byte;  /* where TRANSFER LENGTH sits, for sense */
 };
 
 static void decode_rw(const uint8_t *cdb, struct sbc_range *r)
@@ -25,30 +23,44 @@ static void decode_rw(const uint8_t *cdb, struct sbc_range *r)
         r->lba = get_be24(cdb + 1) & 0x1fffff;
         r->num_blocks = cdb[4] ? cdb[4] : 256;
         r->flags = 0;
+        r->len_byte = 4;
         break;
     case 1: /* 10-byte */
         r->lba = get_be32(cdb + 2);
         r->num_blocks = get_be16(cdb + 7);
         r->flags = cdb[1];
+        r->len_byte = 7;
         break;
     case 5: /* 12-byte */
         r->lba = get_be32(cdb + 2);
         r->num_blocks = get_be32(cdb + 6);
         r->flags = cdb[1];
+        r->len_byte = 6;
         break;
     case 4: /* 16-byte */
         r->lba = get_be64(cdb + 2);
         r->num_blocks = get_be32(cdb + 10);
         r->flags = cdb[1];
+        r->len_byte = 10;
         break;
     default:
-        abort(); /* the dispatch table only routes the groups above */
+        abort(); /* the opcode table only routes the groups above */
     }
 }
 
-static bool range_ok(const struct scsi_lun *lun, uint64_t lba, uint64_t n)
+bool sbc_range_ok(const struct scsi_lun *lun, uint64_t lba, uint64_t n)
 {
     return lba <= lun->num_blocks && n <= lun->num_blocks - lba;
+}
+
+uint8_t *sbc_data_out(struct scsi_cmd *cmd, size_t len)
+{
+    if (iov_size(cmd->iov, cmd->iovcnt) < len)
+        return NULL;
+    uint8_t *p = malloc(MAX(len, (size_t)1));
+    if (p)
+        iov_to_buf(cmd->iov, cmd->iovcnt, 0, p, len);
+    return p;
 }
 
 int sbc_read_capacity10(struct scsi_lun *lun, struct scsi_cmd *cmd)
@@ -66,26 +78,19 @@ int sbc_read_capacity10(struct scsi_lun *lun, struct scsi_cmd *cmd)
     return scsi_data_in(cmd, b, sizeof(b), sizeof(b));
 }
 
-static int sbc_read_capacity16(struct scsi_lun *lun, struct scsi_cmd *cmd)
+int sbc_read_capacity16(struct scsi_lun *lun, struct scsi_cmd *cmd)
 {
     uint8_t b[32] = { 0 };
     put_be64(b, lun->num_blocks - 1);
     put_be32(b + 8, lun->block_size);
     /* Host storage works in 4 KiB pages; say so, so that the initiator
      * aligns its I/O (logical blocks per physical block exponent). */
-    unsigned phys_shift = lun->block_shift < 12 ? 12 - lun->block_shift : 0;
-    b[13] = (uint8_t)phys_shift;
+    b[13] = (uint8_t)(lun->block_shift < 12 ? 12 - lun->block_shift : 0);
+    /* LBPME: thin provisioned; LBPRZ: unmapped blocks read as zeros (we
+     * make that true: see thin.c). */
+    if (lun->thin)
+        b[14] = 0x80 | 0x40;
     return scsi_data_in(cmd, b, sizeof(b), get_be32(cmd->cdb + 10));
-}
-
-int sbc_service_action_in16(struct scsi_lun *lun, struct scsi_cmd *cmd)
-{
-    switch (cmd->cdb[1] & 0x1f) {
-    case SAI_READ_CAPACITY_16:
-        return sbc_read_capacity16(lun, cmd);
-    default:
-        return scsi_fail_cdb_field(cmd, 1, 4);
-    }
 }
 
 /* Check a READ/WRITE CDB: protection fields, range, transfer limit. */
@@ -94,40 +99,36 @@ static int check_rw(struct scsi_lun *lun, struct scsi_cmd *cmd,
 {
     if (r->flags & 0xe0)          /* RDPROTECT/WRPROTECT: no PI here */
         return scsi_fail_cdb_field(cmd, 1, 7);
-    if (!range_ok(lun, r->lba, r->num_blocks))
+    if (!sbc_range_ok(lun, r->lba, r->num_blocks))
         return scsi_fail(cmd, SK_ILLEGAL_REQUEST, ASC_LBA_OUT_OF_RANGE);
     if (r->num_blocks > lun->max_xfer_blocks)
-        return scsi_fail_cdb_field(cmd, (cmd->cdb[0] >> 5) == 4 ? 10 : 6, -1);
+        return scsi_fail_cdb_field(cmd, r->len_byte, -1);
     return SCSI_STATUS_GOOD;
 }
 
-/* Run fn on exactly the first len bytes of cmd's buffer. */
-static int with_data(struct scsi_cmd *cmd, size_t len,
-                     int (*fn)(struct scsi_lun *, const struct iovec *, int,
-                               uint64_t, unsigned),
-                     struct scsi_lun *lun, uint64_t off, unsigned flags)
+/* Run an image operation on exactly the first len bytes of cmd's buffer
+ * (the transport's buffer may be longer). */
+static int with_data(struct scsi_cmd *cmd, size_t len, bool write,
+                     struct image *img, uint64_t off, unsigned flags)
 {
-    if (iov_size(cmd->iov, cmd->iovcnt) == len)
-        return fn(lun, cmd->iov, cmd->iovcnt, off, flags);
-    struct iovec *v = malloc(sizeof(*v) * (size_t)MAX(cmd->iovcnt, 1));
-    if (!v)
-        return -ENOMEM;
-    int n = iov_slice(v, cmd->iovcnt, cmd->iov, cmd->iovcnt, 0, len);
-    int ret = n < 0 ? -EINVAL : fn(lun, v, n, off, flags);
-    free(v);
+    const struct iovec *iov = cmd->iov;
+    int cnt = cmd->iovcnt;
+    struct iovec *sliced = NULL;
+    if (iov_size(iov, cnt) != len) {
+        sliced = malloc(sizeof(*sliced) * (size_t)MAX(cnt, 1));
+        if (!sliced)
+            return -ENOMEM;
+        cnt = iov_slice(sliced, cnt, iov, cnt, 0, len);
+        if (cnt < 0) {
+            free(sliced);
+            return -EINVAL;
+        }
+        iov = sliced;
+    }
+    int ret = write ? image_writev(img, iov, cnt, off, flags)
+                    : image_readv(img, iov, cnt, off);
+    free(sliced);
     return ret;
-}
-
-static int do_read(struct scsi_lun *lun, const struct iovec *iov, int cnt,
-                   uint64_t off, unsigned flags)
-{
-    return image_readv(lun->img, iov, cnt, off);
-}
-
-static int do_write(struct scsi_lun *lun, const struct iovec *iov, int cnt,
-                    uint64_t off, unsigned flags)
-{
-    return image_writev(lun->img, iov, cnt, off, flags);
 }
 
 int sbc_read(struct scsi_lun *lun, struct scsi_cmd *cmd)
@@ -143,11 +144,20 @@ int sbc_read(struct scsi_lun *lun, struct scsi_cmd *cmd)
                              (uint64_t)iov_size(cmd->iov, cmd->iovcnt));
     if (len == 0)
         return SCSI_STATUS_GOOD;
-    int ret = with_data(cmd, len, do_read, lun, r.lba << lun->block_shift, 0);
+    int ret = with_data(cmd, len, false, lun->img, r.lba << lun->block_shift, 0);
     if (ret < 0)
         return scsi_fail_errno(cmd, ret, r.lba, false);
     cmd->data_in_len = len;
+    scsi_stat_add(lun, bytes_read, len);
     return SCSI_STATUS_GOOD;
+}
+
+/* FUA, or a disabled write cache, makes a write durable before we report
+ * it done. */
+unsigned sbc_write_flags(struct scsi_lun *lun, uint8_t cdb_flags)
+{
+    return (cdb_flags & 0x08) || !atomic_load(&lun->write_cache) ? IMAGE_FUA
+                                                                  : 0;
 }
 
 int sbc_write(struct scsi_lun *lun, struct scsi_cmd *cmd)
@@ -163,37 +173,71 @@ int sbc_write(struct scsi_lun *lun, struct scsi_cmd *cmd)
     if (len == 0)
         return SCSI_STATUS_GOOD;
     if (iov_size(cmd->iov, cmd->iovcnt) < len)
-        return scsi_fail_cdb_field(cmd, (cmd->cdb[0] >> 5) == 4 ? 10 : 6, -1);
-    /* FUA, or a disabled write cache, makes the write durable before we
-     * report it done. */
-    unsigned flags = 0;
-    if ((r.flags & 0x08) || !atomic_load(&lun->write_cache))
-        flags |= IMAGE_FUA;
-    int ret = with_data(cmd, len, do_write, lun, r.lba << lun->block_shift,
-                        flags);
+        return scsi_fail_cdb_field(cmd, r.len_byte, -1);
+
+    pthread_rwlock_rdlock(&lun->write_lock);
+    int ret = with_data(cmd, len, true, lun->img, r.lba << lun->block_shift,
+                        sbc_write_flags(lun, r.flags));
+    pthread_rwlock_unlock(&lun->write_lock);
     if (ret < 0)
         return scsi_fail_errno(cmd, ret, r.lba, true);
+    scsi_stat_add(lun, bytes_written, len);
+    scsi_check_soft_threshold(lun);
     return SCSI_STATUS_GOOD;
+}
+
+/* SYNCHRONIZE CACHE and PRE-FETCH share a CDB layout. */
+static void decode_range(const uint8_t *cdb, uint64_t *lba, uint64_t *n)
+{
+    if ((cdb[0] >> 5) == 1) {
+        *lba = get_be32(cdb + 2);
+        *n = get_be16(cdb + 7);
+    } else {
+        *lba = get_be64(cdb + 2);
+        *n = get_be32(cdb + 10);
+    }
 }
 
 int sbc_synchronize_cache(struct scsi_lun *lun, struct scsi_cmd *cmd)
 {
-    const uint8_t *cdb = cmd->cdb;
     uint64_t lba, n;
-    if (cdb[0] == 0x35) {
-        lba = get_be32(cdb + 2);
-        n = get_be16(cdb + 7);
-    } else {
-        lba = get_be64(cdb + 2);
-        n = get_be32(cdb + 10);
-    }
-    if (!range_ok(lun, lba, n))
+    decode_range(cmd->cdb, &lba, &n);
+    if (!sbc_range_ok(lun, lba, n))
         return scsi_fail(cmd, SK_ILLEGAL_REQUEST, ASC_LBA_OUT_OF_RANGE);
     /* The whole image is flushed whatever the range: flushing is cheaper
-     * than tracking dirty ranges, and IMMED changes nothing for a
-     * synchronous executor. */
+     * than tracking dirty ranges.  IMMED would let us answer first; we
+     * answer after, which the standard also allows. */
     int ret = image_flush(lun->img);
     if (ret < 0)
         return scsi_fail_errno(cmd, ret, lba, true);
+    return SCSI_STATUS_GOOD;
+}
+
+int sbc_pre_fetch(struct scsi_lun *lun, struct scsi_cmd *cmd)
+{
+    uint64_t lba, n;
+    decode_range(cmd->cdb, &lba, &n);
+    if (!sbc_range_ok(lun, lba, n))
+        return scsi_fail(cmd, SK_ILLEGAL_REQUEST, ASC_LBA_OUT_OF_RANGE);
+    /* We keep no cache of our own to load (the host's page cache does
+     * that), so GOOD, not CONDITION MET (SBC-4 5.8). */
+    return SCSI_STATUS_GOOD;
+}
+
+int sbc_start_stop_unit(struct scsi_lun *lun, struct scsi_cmd *cmd)
+{
+    const uint8_t *cdb = cmd->cdb;
+    uint8_t power_condition = cdb[4] >> 4;
+    bool loej = cdb[4] & 0x02;
+    bool start = cdb[4] & 0x01;
+    /* No removable medium to load or eject. */
+    if (loej && power_condition == 0)
+        return scsi_fail_cdb_field(cmd, 4, 1);
+    /* Stopping makes everything durable, as a disk spinning down would. */
+    if (!start && power_condition == 0) {
+        int ret = image_flush(lun->img);
+        if (ret < 0)
+            return scsi_fail_errno(cmd, ret, 0, true);
+    }
     return SCSI_STATUS_GOOD;
 }

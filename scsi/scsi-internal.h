@@ -40,20 +40,77 @@ enum sense_asc {
     ASC_INTERNAL_TARGET_FAILURE = 0x4400,
 };
 
+/* Service actions. */
+enum {
+    SA_READ_CAPACITY_16 = 0x10,          /* SERVICE ACTION IN (16) */
+    SA_GET_LBA_STATUS = 0x12,            /* SERVICE ACTION IN (16) */
+    SA_REPORT_SUPPORTED_OPCODES = 0x0c,  /* MAINTENANCE IN */
+};
+
+/* Limits we advertise in the Block Limits VPD page and enforce. */
+#define SCSI_MAX_UNMAP_BLOCKS       0x400000u  /* per UNMAP descriptor sum */
+#define SCSI_MAX_UNMAP_DESCRIPTORS  256u
+#define SCSI_MAX_WRITE_SAME_BLOCKS  0x400000u
+#define SCSI_MAX_COMPARE_AND_WRITE  128u       /* blocks */
+
 struct scsi_lun {
     struct image *img;
     uint32_t block_size;
     unsigned block_shift;      /* log2(block_size) */
     uint64_t num_blocks;
     uint32_t max_xfer_blocks;
+    uint32_t unmap_granularity; /* blocks: the image's allocation unit */
     bool read_only;
+    bool thin;                 /* LBPME: UNMAP and WRITE SAME unmap offered */
     atomic_bool write_cache;   /* WCE; MODE SELECT may change it */
     char serial[65];
     uint64_t naa_id;           /* NAA locally assigned, from the serial */
+
+    /* COMPARE AND WRITE must be atomic against writes to the same blocks:
+     * writers hold this shared, COMPARE AND WRITE holds it exclusive. */
+    pthread_rwlock_t write_lock;
+
+    /* One pending unit attention (ASC/ASCQ), reported once. */
+    atomic_int pending_ua;
+    uint64_t soft_threshold;   /* bytes of host usage; 0 = none */
+    atomic_bool threshold_reported;
+    atomic_uint writes_since_check;
+
+    struct {
+        atomic_uint_least64_t commands[256];   /* by opcode */
+        atomic_uint_least64_t errors;
+        atomic_uint_least64_t bytes_read;
+        atomic_uint_least64_t bytes_written;
+        atomic_uint_least64_t bytes_zeroed;
+        atomic_uint_least64_t bytes_unmapped;
+    } stats;
 };
 
 /* A command handler: decode cmd->cdb, act on lun->img, return a status. */
 typedef int (*scsi_exec_fn)(struct scsi_lun *lun, struct scsi_cmd *cmd);
+
+/* --- opcodes.c --- */
+struct scsi_opcode {
+    uint8_t opcode;
+    uint16_t sa;               /* service action, where the opcode has them */
+    uint8_t cdb_len;
+    scsi_exec_fn exec;
+    const char *name;
+    uint8_t usage[15];         /* CDB usage data after the opcode byte */
+};
+bool scsi_opcode_has_sa(uint8_t opcode);
+/* The command for opcode (and service action); NULL if unsupported. */
+const struct scsi_opcode *scsi_opcode_find(uint8_t opcode, uint16_t sa);
+bool scsi_opcode_known(uint8_t opcode);
+int spc_report_supported_opcodes(struct scsi_lun *lun, struct scsi_cmd *cmd);
+
+/* --- lun.c --- */
+/* Count bytes in the statistics (kind: one of the stats fields). */
+#define scsi_stat_add(lun, field, n) \
+    atomic_fetch_add_explicit(&(lun)->stats.field, (n), memory_order_relaxed)
+/* After data was written: raise the soft-threshold unit attention once
+ * host usage crosses it. */
+void scsi_check_soft_threshold(struct scsi_lun *lun);
 
 /* --- sense.c --- */
 /* Fill fixed-format sense and return CHECK CONDITION. */
@@ -84,13 +141,36 @@ int scsi_data_in(struct scsi_cmd *cmd, const void *buf, size_t len,
 int spc_inquiry(struct scsi_lun *lun, struct scsi_cmd *cmd);
 int spc_test_unit_ready(struct scsi_lun *lun, struct scsi_cmd *cmd);
 int spc_request_sense(struct scsi_lun *lun, struct scsi_cmd *cmd);
+
+/* --- mode.c: MODE SENSE and MODE SELECT --- */
 int spc_mode_sense(struct scsi_lun *lun, struct scsi_cmd *cmd);
+int spc_mode_select(struct scsi_lun *lun, struct scsi_cmd *cmd);
 
 /* --- sbc.c: block commands --- */
+/* Is [lba, lba+n) inside the LUN?  (Overflow-safe.) */
+bool sbc_range_ok(const struct scsi_lun *lun, uint64_t lba, uint64_t n);
+/* Fetch the data-out buffer's first len bytes into a new heap buffer
+ * (caller frees); NULL if the buffer is shorter or memory is short. */
+uint8_t *sbc_data_out(struct scsi_cmd *cmd, size_t len);
+/* Image write flags for a write CDB's byte 1: FUA, or a disabled write
+ * cache, makes the write durable before we report it done. */
+unsigned sbc_write_flags(struct scsi_lun *lun, uint8_t cdb_flags);
 int sbc_read_capacity10(struct scsi_lun *lun, struct scsi_cmd *cmd);
-int sbc_service_action_in16(struct scsi_lun *lun, struct scsi_cmd *cmd);
+int sbc_read_capacity16(struct scsi_lun *lun, struct scsi_cmd *cmd);
 int sbc_read(struct scsi_lun *lun, struct scsi_cmd *cmd);
 int sbc_write(struct scsi_lun *lun, struct scsi_cmd *cmd);
 int sbc_synchronize_cache(struct scsi_lun *lun, struct scsi_cmd *cmd);
+int sbc_pre_fetch(struct scsi_lun *lun, struct scsi_cmd *cmd);
+int sbc_start_stop_unit(struct scsi_lun *lun, struct scsi_cmd *cmd);
+
+/* --- thin.c: logical block provisioning --- */
+int sbc_write_same(struct scsi_lun *lun, struct scsi_cmd *cmd);
+int sbc_unmap(struct scsi_lun *lun, struct scsi_cmd *cmd);
+int sbc_get_lba_status(struct scsi_lun *lun, struct scsi_cmd *cmd);
+
+/* --- verify.c: commands that compare --- */
+int sbc_verify(struct scsi_lun *lun, struct scsi_cmd *cmd);
+int sbc_write_and_verify(struct scsi_lun *lun, struct scsi_cmd *cmd);
+int sbc_compare_and_write(struct scsi_lun *lun, struct scsi_cmd *cmd);
 
 #endif

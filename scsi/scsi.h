@@ -52,6 +52,10 @@ struct scsi_lun_config {
     const char *serial;       /* unit serial number (VPD 80), ASCII, <= 64 */
     bool read_only;           /* every write fails DATA PROTECT 27/00 */
     bool write_cache;         /* WCE in the caching mode page */
+    /* Thin-provisioning soft threshold: when the image's host usage
+     * reaches this many bytes, the next command gets UNIT ATTENTION
+     * 38/07, once.  0 = none. */
+    uint64_t soft_threshold;
 };
 
 struct scsi_lun;
@@ -62,5 +66,21 @@ void scsi_lun_free(struct scsi_lun *lun);
 
 /* Execute one command to completion; returns an enum scsi_status. */
 int scsi_lun_exec(struct scsi_lun *lun, struct scsi_cmd *cmd);
+
+/* Per-LUN statistics, counted since the LUN was created. */
+struct scsi_lun_stats {
+    uint64_t commands[256];   /* commands received, by opcode */
+    uint64_t errors;          /* commands that ended in CHECK CONDITION */
+    uint64_t bytes_read;      /* data returned by READ */
+    uint64_t bytes_written;   /* data written to the image (WRITE, WRITE
+                               * SAME with a non-zero pattern, ...) */
+    uint64_t bytes_zeroed;    /* WRITE SAME of zeros: made zero without
+                               * writing data */
+    uint64_t bytes_unmapped;  /* UNMAP: released without writing data */
+};
+void scsi_lun_get_stats(struct scsi_lun *lun, struct scsi_lun_stats *out);
+/* The statistics as one JSON object (commands by name).  Returns the
+ * length written (truncated to size - 1), as snprintf does. */
+int scsi_lun_stats_json(struct scsi_lun *lun, char *buf, size_t size);
 
 #endif

@@ -1,5 +1,5 @@
 /* qlun — primary commands (SPC-5): INQUIRY and its VPD pages, TEST UNIT
- * READY, REQUEST SENSE, MODE SENSE. */
+ * READY, REQUEST SENSE. */
 #include <stdio.h>
 #include <string.h>
 
@@ -90,9 +90,18 @@ static size_t vpd_block_limits(struct scsi_lun *lun, uint8_t *b)
     uint32_t granularity = 1;
     if (lun->img->info.request_alignment > lun->block_size)
         granularity = lun->img->info.request_alignment >> lun->block_shift;
+    b[4] = 0x01;                              /* WSNZ */
+    b[5] = SCSI_MAX_COMPARE_AND_WRITE;
     put_be16(b + 6, (uint16_t)MIN(granularity, 0xffffu));
     put_be32(b + 8, lun->max_xfer_blocks);    /* maximum transfer length */
     put_be32(b + 12, lun->max_xfer_blocks);   /* optimal transfer length */
+    if (lun->thin) {
+        put_be32(b + 20, SCSI_MAX_UNMAP_BLOCKS);
+        put_be32(b + 24, SCSI_MAX_UNMAP_DESCRIPTORS);
+        put_be32(b + 28, lun->unmap_granularity);
+        put_be32(b + 32, 0x80000000u);        /* UGAVALID, alignment 0 */
+    }
+    put_be64(b + 36, SCSI_MAX_WRITE_SAME_BLOCKS);
     return 64;
 }
 
@@ -102,10 +111,15 @@ static size_t vpd_block_characteristics(uint8_t *b)
     return 64;
 }
 
-static size_t vpd_logical_block_provisioning(uint8_t *b)
+static size_t vpd_logical_block_provisioning(struct scsi_lun *lun, uint8_t *b)
 {
-    /* Provisioning features arrive with WRITE SAME and UNMAP; until then
-     * the page says none is offered. */
+    if (lun->thin) {
+        /* LBPU, LBPWS, LBPWS10; LBPRZ = 001b; thin provisioned.  That is
+         * exactly what Linux needs to choose provisioning_mode=unmap and
+         * zeroing_mode=writesame_16_unmap. */
+        b[5] = 0x80 | 0x40 | 0x20 | 0x04;
+        b[6] = 0x02;
+    }
     return 8;
 }
 
@@ -144,7 +158,7 @@ int spc_inquiry(struct scsi_lun *lun, struct scsi_cmd *cmd)
         len = vpd_block_characteristics(b);
         break;
     case VPD_LOGICAL_BLOCK_PROVISIONING:
-        len = vpd_logical_block_provisioning(b);
+        len = vpd_logical_block_provisioning(lun, b);
         break;
     default:
         return scsi_fail_cdb_field(cmd, 2, -1);
@@ -173,108 +187,4 @@ int spc_request_sense(struct scsi_lun *lun, struct scsi_cmd *cmd)
         len = 18;
     }
     return scsi_data_in(cmd, b, len, cmd->cdb[4]);
-}
-
-/* --- MODE SENSE --- */
-
-enum {
-    MODE_PAGE_CACHING = 0x08,
-    MODE_PAGE_CONTROL = 0x0a,
-    MODE_PAGE_ALL = 0x3f,
-};
-
-/* Page control values (CDB byte 2 bits 7-6). */
-enum { PC_CURRENT = 0, PC_CHANGEABLE = 1, PC_DEFAULT = 2, PC_SAVED = 3 };
-
-static size_t mode_page_caching(struct scsi_lun *lun, int pc, uint8_t *p)
-{
-    memset(p, 0, 20);
-    p[0] = MODE_PAGE_CACHING;
-    p[1] = 18;
-    if (pc == PC_CHANGEABLE)
-        return 20;          /* nothing changeable yet (MODE SELECT later) */
-    if (pc == PC_DEFAULT || atomic_load(&lun->write_cache))
-        p[2] |= 0x04;       /* WCE */
-    return 20;
-}
-
-static size_t mode_page_control(struct scsi_lun *lun, int pc, uint8_t *p)
-{
-    memset(p, 0, 12);
-    p[0] = MODE_PAGE_CONTROL;
-    p[1] = 10;
-    if (pc == PC_CHANGEABLE)
-        return 12;
-    p[2] = 0x00;            /* TST 0: one task set; D_SENSE 0 */
-    p[3] = 0x10;            /* QUEUE ALGORITHM MODIFIER 1: unrestricted */
-    p[5] = 0x40;            /* TAS: aborted commands get TASK ABORTED */
-    put_be16(p + 10, 0xffff); /* extended self-test time: not supported */
-    return 12;
-}
-
-int spc_mode_sense(struct scsi_lun *lun, struct scsi_cmd *cmd)
-{
-    const uint8_t *cdb = cmd->cdb;
-    bool ten = cdb[0] == 0x5a;
-    bool dbd = cdb[1] & 0x08;
-    bool llbaa = ten && (cdb[1] & 0x10);
-    int pc = cdb[2] >> 6;
-    uint8_t page = cdb[2] & 0x3f;
-    uint8_t subpage = cdb[3];
-    size_t alloc_len = ten ? get_be16(cdb + 7) : cdb[4];
-    size_t hdr = ten ? 8 : 4;
-    uint8_t b[512];
-
-    if (pc == PC_SAVED)
-        return scsi_fail(cmd, SK_ILLEGAL_REQUEST,
-                         ASC_SAVING_PARAMS_NOT_SUPPORTED);
-    /* Subpages: only 00h, and FFh with the all-pages code. */
-    if (subpage != 0 && !(page == MODE_PAGE_ALL && subpage == 0xff))
-        return scsi_fail_cdb_field(cmd, 3, -1);
-
-    memset(b, 0, sizeof(b));
-    size_t len = hdr;
-    /* Device-specific parameter: WP, and DPOFUA (we honour FUA). */
-    uint8_t dsp = 0x10 | (lun->read_only ? 0x80 : 0);
-
-    if (!dbd) {
-        uint8_t *d = b + len;
-        if (llbaa) {
-            put_be64(d, lun->num_blocks);
-            put_be32(d + 12, lun->block_size);
-            len += 16;
-        } else {
-            put_be32(d, (uint32_t)MIN(lun->num_blocks, (uint64_t)UINT32_MAX));
-            put_be32(d + 4, lun->block_size & 0xffffff);
-            len += 8;
-        }
-    }
-    size_t desc_len = len - hdr;
-
-    switch (page) {
-    case MODE_PAGE_CACHING:
-        len += mode_page_caching(lun, pc, b + len);
-        break;
-    case MODE_PAGE_CONTROL:
-        len += mode_page_control(lun, pc, b + len);
-        break;
-    case MODE_PAGE_ALL:
-        len += mode_page_caching(lun, pc, b + len);
-        len += mode_page_control(lun, pc, b + len);
-        break;
-    default:
-        return scsi_fail_cdb_field(cmd, 2, 5);
-    }
-
-    if (ten) {
-        put_be16(b, (uint16_t)(len - 2));
-        b[3] = dsp;
-        b[4] = llbaa && !dbd ? 0x01 : 0;
-        put_be16(b + 6, (uint16_t)desc_len);
-    } else {
-        b[0] = (uint8_t)(len - 1);
-        b[2] = dsp;
-        b[3] = (uint8_t)desc_len;
-    }
-    return scsi_data_in(cmd, b, len, alloc_len);
 }

@@ -1,0 +1,221 @@
+/* qlun — commands that compare: VERIFY, WRITE AND VERIFY, COMPARE AND
+ * WRITE.  A difference is reported as MISCOMPARE 1D/00 with INFORMATION
+ * set to the offset of the first differing byte (SBC-4 5.3, 5.34). */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/util.h"
+#include "scsi-internal.h"
+
+/* Offset of the first difference between a and b, or -1 if equal. */
+static ssize_t first_difference(const uint8_t *a, const uint8_t *b, size_t n)
+{
+    if (memcmp(a, b, n) == 0)
+        return -1;
+    size_t i = 0;
+    while (a[i] == b[i])
+        i++;
+    return (ssize_t)i;
+}
+
+static int miscompare(struct scsi_cmd *cmd, size_t offset)
+{
+    return scsi_fail_info(cmd, SK_MISCOMPARE, ASC_MISCOMPARE_DURING_VERIFY,
+                          offset);
+}
+
+/* Read [lba, lba+n) into a new buffer; NULL + *err on failure. */
+static uint8_t *read_blocks(struct scsi_lun *lun, uint64_t lba, uint64_t n,
+                            int *err)
+{
+    size_t len = (size_t)(n << lun->block_shift);
+    uint8_t *p = malloc(MAX(len, (size_t)1));
+    if (!p) {
+        *err = -ENOMEM;
+        return NULL;
+    }
+    *err = image_read(lun->img, p, len, lba << lun->block_shift);
+    if (*err < 0) {
+        free(p);
+        return NULL;
+    }
+    return p;
+}
+
+/* Compare the medium with expected data: bytchk 1 = one block per block,
+ * bytchk 3 = the single given block against every block. */
+static int compare_medium(struct scsi_lun *lun, struct scsi_cmd *cmd,
+                          uint64_t lba, uint64_t n, const uint8_t *expected,
+                          int bytchk)
+{
+    int err;
+    uint8_t *medium = read_blocks(lun, lba, n, &err);
+    if (!medium)
+        return scsi_fail_errno(cmd, err, lba, false);
+    int st = SCSI_STATUS_GOOD;
+    if (bytchk == 1) {
+        ssize_t d = first_difference(medium, expected,
+                                     (size_t)(n << lun->block_shift));
+        if (d >= 0)
+            st = miscompare(cmd, (size_t)d);
+    } else {
+        for (uint64_t i = 0; i < n; i++) {
+            ssize_t d = first_difference(medium + (i << lun->block_shift),
+                                         expected, lun->block_size);
+            if (d >= 0) {
+                st = miscompare(cmd, (size_t)(i << lun->block_shift) +
+                                         (size_t)d);
+                break;
+            }
+        }
+    }
+    free(medium);
+    return st;
+}
+
+static void decode_verify(const uint8_t *cdb, uint64_t *lba, uint64_t *n,
+                          unsigned *len_byte)
+{
+    if ((cdb[0] >> 5) == 1) {
+        *lba = get_be32(cdb + 2);
+        *n = get_be16(cdb + 7);
+        *len_byte = 7;
+    } else {
+        *lba = get_be64(cdb + 2);
+        *n = get_be32(cdb + 10);
+        *len_byte = 10;
+    }
+}
+
+int sbc_verify(struct scsi_lun *lun, struct scsi_cmd *cmd)
+{
+    const uint8_t *cdb = cmd->cdb;
+    uint64_t lba, n;
+    unsigned len_byte;
+    int bytchk = (cdb[1] >> 1) & 3;
+    decode_verify(cdb, &lba, &n, &len_byte);
+
+    if (cdb[1] & 0xe0)                       /* VRPROTECT */
+        return scsi_fail_cdb_field(cmd, 1, 7);
+    if (bytchk == 2)                          /* reserved */
+        return scsi_fail_cdb_field(cmd, 1, 2);
+    if (!sbc_range_ok(lun, lba, n))
+        return scsi_fail(cmd, SK_ILLEGAL_REQUEST, ASC_LBA_OUT_OF_RANGE);
+    if (n > lun->max_xfer_blocks)
+        return scsi_fail_cdb_field(cmd, len_byte, -1);
+    if (n == 0)
+        return SCSI_STATUS_GOOD;
+
+    if (bytchk == 0) {
+        /* Medium verification: the blocks must be readable. */
+        int err;
+        uint8_t *medium = read_blocks(lun, lba, n, &err);
+        if (!medium)
+            return scsi_fail_errno(cmd, err, lba, false);
+        free(medium);
+        return SCSI_STATUS_GOOD;
+    }
+    size_t want = bytchk == 1 ? (size_t)(n << lun->block_shift)
+                              : lun->block_size;
+    uint8_t *expected = sbc_data_out(cmd, want);
+    if (!expected)
+        return scsi_fail_cdb_field(cmd, len_byte, -1);
+    int st = compare_medium(lun, cmd, lba, n, expected, bytchk);
+    free(expected);
+    return st;
+}
+
+int sbc_write_and_verify(struct scsi_lun *lun, struct scsi_cmd *cmd)
+{
+    const uint8_t *cdb = cmd->cdb;
+    uint64_t lba, n;
+    unsigned len_byte;
+    int bytchk = (cdb[1] >> 1) & 3;
+    decode_verify(cdb, &lba, &n, &len_byte);
+
+    if (cdb[1] & 0xe0)                       /* WRPROTECT */
+        return scsi_fail_cdb_field(cmd, 1, 7);
+    if (bytchk > 1)                           /* only 00b and 01b exist */
+        return scsi_fail_cdb_field(cmd, 1, 2);
+    if (!sbc_range_ok(lun, lba, n))
+        return scsi_fail(cmd, SK_ILLEGAL_REQUEST, ASC_LBA_OUT_OF_RANGE);
+    if (n > lun->max_xfer_blocks)
+        return scsi_fail_cdb_field(cmd, len_byte, -1);
+    if (lun->read_only)
+        return scsi_fail(cmd, SK_DATA_PROTECT, ASC_WRITE_PROTECTED);
+    if (n == 0)
+        return SCSI_STATUS_GOOD;
+
+    size_t len = (size_t)(n << lun->block_shift);
+    uint8_t *data = sbc_data_out(cmd, len);
+    if (!data)
+        return scsi_fail_cdb_field(cmd, len_byte, -1);
+    /* Verify means "on the medium": write through. */
+    pthread_rwlock_rdlock(&lun->write_lock);
+    int ret = image_write(lun->img, data, len, lba << lun->block_shift,
+                          IMAGE_FUA);
+    pthread_rwlock_unlock(&lun->write_lock);
+    int st;
+    if (ret < 0) {
+        st = scsi_fail_errno(cmd, ret, lba, true);
+    } else {
+        scsi_stat_add(lun, bytes_written, len);
+        st = bytchk ? compare_medium(lun, cmd, lba, n, data, 1)
+                    : SCSI_STATUS_GOOD;
+    }
+    free(data);
+    return st;
+}
+
+/* COMPARE AND WRITE (SBC-4 5.3): the data-out buffer holds n blocks to
+ * compare, then n blocks to write.  Holding the write lock exclusively
+ * makes the compare and the write one atomic step against every other
+ * write to the LUN. */
+int sbc_compare_and_write(struct scsi_lun *lun, struct scsi_cmd *cmd)
+{
+    const uint8_t *cdb = cmd->cdb;
+    uint64_t lba = get_be64(cdb + 2);
+    uint64_t n = cdb[13];
+
+    if (cdb[1] & 0xe0)                       /* WRPROTECT */
+        return scsi_fail_cdb_field(cmd, 1, 7);
+    if (n > SCSI_MAX_COMPARE_AND_WRITE)
+        return scsi_fail_cdb_field(cmd, 13, -1);
+    if (!sbc_range_ok(lun, lba, n))
+        return scsi_fail(cmd, SK_ILLEGAL_REQUEST, ASC_LBA_OUT_OF_RANGE);
+    if (lun->read_only)
+        return scsi_fail(cmd, SK_DATA_PROTECT, ASC_WRITE_PROTECTED);
+    if (n == 0)
+        return SCSI_STATUS_GOOD;
+
+    size_t len = (size_t)(n << lun->block_shift);
+    uint8_t *data = sbc_data_out(cmd, 2 * len);
+    if (!data)
+        return scsi_fail_cdb_field(cmd, 13, -1);
+
+    pthread_rwlock_wrlock(&lun->write_lock);
+    int err;
+    int st = SCSI_STATUS_GOOD;
+    uint8_t *medium = read_blocks(lun, lba, n, &err);
+    if (!medium) {
+        st = scsi_fail_errno(cmd, err, lba, false);
+    } else {
+        ssize_t d = first_difference(medium, data, len);
+        if (d >= 0) {
+            st = miscompare(cmd, (size_t)d);
+        } else {
+            err = image_write(lun->img, data + len, len,
+                              lba << lun->block_shift,
+                              sbc_write_flags(lun, cdb[1]));
+            if (err < 0)
+                st = scsi_fail_errno(cmd, err, lba, true);
+            else
+                scsi_stat_add(lun, bytes_written, len);
+        }
+        free(medium);
+    }
+    pthread_rwlock_unlock(&lun->write_lock);
+    free(data);
+    return st;
+}
