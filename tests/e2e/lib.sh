@@ -54,8 +54,10 @@ rig_fail() {
 # rig_check NAME CMD... : output of CMD goes to stdout (the guest log)
 rig_check() {
     local name=$1; shift
-    if "$@"; then rig_pass "$name"; return 0; fi
-    rig_fail "$name" "exit $?"; return 1
+    "$@"
+    local rc=$?
+    if [ $rc = 0 ]; then rig_pass "$name"; return 0; fi
+    rig_fail "$name" "exit $rc"; return 1
 }
 rig_report() {
     echo "================ e2e report ================"
@@ -69,8 +71,8 @@ rig_report() {
 
 rig_diag() {
     echo "---------------- diagnostics${1:+: $1} ----------------"
-    echo "-- tcmu-runner ($(rig_tcmu_alive && echo running || echo NOT running)), last 40 lines of $RIG_TCMU_LOG:"
-    tail -n 40 "$RIG_TCMU_LOG" 2>/dev/null
+    echo "-- tcmu-runner ($(rig_tcmu_alive && echo running || echo NOT running)), last 40 non-debug lines of $RIG_TCMU_LOG:"
+    grep -v '\[DEBUG' "$RIG_TCMU_LOG" 2>/dev/null | tail -n 40
     echo "-- dmesg tail:"
     dmesg | tail -n 40
     echo "-- iscsi sessions:"
