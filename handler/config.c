@@ -1,8 +1,10 @@
 /* qlun — cfgstring parsing. */
 #include "config.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "common/util.h"
@@ -62,6 +64,45 @@ static int opt_backing_root(struct qlun_config *cfg, const char *v)
     return parse_abs_path(cfg->backing_root, sizeof(cfg->backing_root), v);
 }
 
+/* A size with an optional K/M/G/T suffix (powers of 1024), or N%. */
+static int opt_soft_threshold(struct qlun_config *cfg, const char *v)
+{
+    char *end;
+    if (!isdigit((unsigned char)v[0]))
+        return -EINVAL;
+    errno = 0;
+    unsigned long long n = strtoull(v, &end, 10);
+    if (errno || n == 0)
+        return -EINVAL;
+    if (strcmp(end, "%") == 0) {
+        if (n > 100)
+            return -EINVAL;
+        cfg->soft_threshold_percent = (unsigned)n;
+        return 0;
+    }
+    static const char suffixes[] = "KMGT";
+    unsigned shift = 0;
+    if (*end) {
+        const char *p = strchr(suffixes, *end);
+        if (!p || end[1])
+            return -EINVAL;
+        shift = 10 * (unsigned)(p - suffixes + 1);
+    }
+    if (n > (UINT64_MAX >> shift))
+        return -EINVAL;
+    cfg->soft_threshold_bytes = (uint64_t)n << shift;
+    return 0;
+}
+
+static int opt_stats(struct qlun_config *cfg, const char *v)
+{
+    if (strcmp(v, "off") == 0) {
+        strcpy(cfg->stats_path, v);
+        return 0;
+    }
+    return parse_abs_path(cfg->stats_path, sizeof(cfg->stats_path), v);
+}
+
 /* tcmu-runner reads this one from every cfgstring itself. */
 static int opt_runner_owned(struct qlun_config *cfg, const char *v)
 {
@@ -76,6 +117,8 @@ static const struct {
     { "readonly", opt_readonly },
     { "serial", opt_serial },
     { "backing_root", opt_backing_root },
+    { "soft_threshold", opt_soft_threshold },
+    { "stats", opt_stats },
     { "tcmur_cmd_time_out", opt_runner_owned },
 };
 
@@ -104,7 +147,7 @@ static int apply_option(struct qlun_config *cfg, char *opt, unsigned *seen,
         return 0;
     }
     snprintf(err, errlen, "unknown option '%s' (known: format, readonly, "
-             "serial, backing_root)", opt);
+             "serial, backing_root, soft_threshold, stats)", opt);
     return -EINVAL;
 }
 

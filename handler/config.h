@@ -9,6 +9,7 @@
 #include <limits.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #define QLUN_SUBTYPE "qlun"
 #define QLUN_SERIAL_MAX 40
@@ -19,6 +20,13 @@ struct qlun_config {
     bool read_only;               /* readonly=on */
     char serial[QLUN_SERIAL_MAX + 1]; /* serial=; "" = LIO's unit serial */
     char backing_root[PATH_MAX];  /* backing_root=; "" = image's directory */
+    /* soft_threshold=: host usage that raises UNIT ATTENTION 38/07 once;
+     * either bytes or a percentage of the LUN size (0 = none). */
+    uint64_t soft_threshold_bytes;
+    unsigned soft_threshold_percent;
+    /* stats=: where the live statistics go; "" = the default path,
+     * "off" = nowhere. */
+    char stats_path[PATH_MAX];
 };
 
 /* Parse a cfgstring as tcmu-runner passes it (with the "qlun/" prefix).

@@ -16,6 +16,7 @@
 
 #include "block/image.h"
 #include "handler/config.h"
+#include "handler/stats_file.h"
 #include "scsi/scsi.h"
 
 /* Worker threads per LUN: enough to keep a qcow2 image busy while some
@@ -26,6 +27,7 @@ struct qlun_dev {
     struct qlun_config cfg;
     struct image *img;
     struct scsi_lun *lun;
+    struct stats_file *stats;
 };
 
 static bool qlun_check_config(const char *cfgstring, char **reason)
@@ -75,6 +77,7 @@ static int qlun_dev_free(struct qlun_dev *q)
 {
     if (!q)
         return 0;
+    stats_file_stop(q->stats);
     scsi_lun_free(q->lun);
     int ret = image_close(q->img);
     free(q);
@@ -136,11 +139,26 @@ static int qlun_open(struct tcmu_device *dev, bool reopen)
         .serial = serial,
         .read_only = q->cfg.read_only,
         .write_cache = true,
+        .soft_threshold = q->cfg.soft_threshold_percent
+            ? lun_bytes / 100 * q->cfg.soft_threshold_percent
+            : q->cfg.soft_threshold_bytes,
     };
     ret = scsi_lun_new(&lc, &q->lun);
     if (ret < 0) {
         tcmu_dev_err(dev, "qlun: cannot create LUN: %s\n", strerror(-ret));
         goto fail;
+    }
+    if (strcmp(q->cfg.stats_path, "off") != 0) {
+        char path[PATH_MAX];
+        if (q->cfg.stats_path[0])
+            snprintf(path, sizeof(path), "%s", q->cfg.stats_path);
+        else
+            snprintf(path, sizeof(path), QLUN_STATS_DIR "/%s.json", serial);
+        ret = stats_file_start(q->lun, path, &q->stats);
+        /* Statistics are a convenience: the LUN is served without them. */
+        if (ret < 0)
+            tcmu_dev_warn(dev, "qlun: cannot publish statistics at %s: %s\n",
+                          path, strerror(-ret));
     }
     tcmur_dev_set_private(dev, q);
     tcmu_dev_info(dev, "qlun: serving %s (%s%s), %" PRIu64 " x %u-byte "
@@ -225,7 +243,8 @@ static struct tcmur_handler qlun_handler = {
     .name = "qlun: qcow2 and raw images, thin-provisioned",
     .subtype = QLUN_SUBTYPE,
     .cfg_desc = "qlun/<image path>[;format=qcow2|raw][;readonly=on|off]"
-                "[;serial=S][;backing_root=DIR]",
+                "[;serial=S][;backing_root=DIR][;soft_threshold=SIZE|N%]"
+                "[;stats=PATH|off]",
     .check_config = qlun_check_config,
     .open = qlun_open,
     .close = qlun_close,

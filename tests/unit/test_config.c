@@ -32,6 +32,24 @@ int main(void)
     /* A trailing separator is harmless. */
     CHECK_EQ(parse("qlun//a.img;format=raw;", &cfg, err), 0);
 
+    /* Soft threshold: a size with a suffix, or a percentage. */
+    CHECK_EQ(parse("qlun//a.img;soft_threshold=10G", &cfg, err), 0);
+    CHECK_EQ(cfg.soft_threshold_bytes, 10ull << 30);
+    CHECK_EQ(parse("qlun//a.img;soft_threshold=4096", &cfg, err), 0);
+    CHECK_EQ(cfg.soft_threshold_bytes, 4096);
+    CHECK_EQ(parse("qlun//a.img;soft_threshold=80%", &cfg, err), 0);
+    CHECK_EQ(cfg.soft_threshold_percent, 80);
+    CHECK(parse("qlun//a.img;soft_threshold=101%", &cfg, err) < 0);
+    CHECK(parse("qlun//a.img;soft_threshold=10X", &cfg, err) < 0);
+    CHECK(parse("qlun//a.img;soft_threshold=-5", &cfg, err) < 0);
+    CHECK(parse("qlun//a.img;soft_threshold=0", &cfg, err) < 0);
+    CHECK(parse("qlun//a.img;soft_threshold=99999999999T", &cfg, err) < 0);
+    /* Statistics file. */
+    CHECK_EQ(parse("qlun//a.img;stats=/run/x.json", &cfg, err), 0);
+    CHECK(strcmp(cfg.stats_path, "/run/x.json") == 0);
+    CHECK_EQ(parse("qlun//a.img;stats=off", &cfg, err), 0);
+    CHECK(parse("qlun//a.img;stats=rel.json", &cfg, err) < 0);
+
     /* Errors name the problem. */
     CHECK(parse("qcow//a.img", &cfg, err) < 0 && strstr(err, "qlun/"));
     CHECK(parse("qlun/", &cfg, err) < 0 && strstr(err, "no image path"));
