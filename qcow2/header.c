@@ -1,0 +1,473 @@
+/* qlun — qcow2: opening an image.
+ *
+ * Every header field, extension and table location is validated before it
+ * is used, against overflow and against the size of the host.  A refused
+ * image gets exactly one line in err naming the field and its value.
+ *
+ * The header is never rewritten as a whole: the engine updates single
+ * fields in place (feature bits, the refcount table pointer), so unknown
+ * header bytes and unknown extensions are preserved by construction.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/util.h"
+#include "qcow2-internal.h"
+
+/* Depth of the backing chain being opened by this thread (loop guard). */
+static __thread int chain_depth;
+
+#define FAIL(ret_, ...)                               \
+    do {                                              \
+        snprintf(err, errlen, __VA_ARGS__);           \
+        ret = (ret_);                                 \
+        goto fail;                                    \
+    } while (0)
+
+int qcow2_write_header_u64(struct qcow2 *q, unsigned field, uint64_t v)
+{
+    uint8_t b[8];
+    put_be64(b, v);
+    int ret = host_pwrite(&q->host, b, 8, field);
+    if (ret == 0)
+        ret = host_flush(&q->host);
+    return ret;
+}
+
+int qcow2_corrupt(struct qcow2 *q, const char *fmt, ...)
+{
+    if (q->corrupt)
+        return -EUCLEAN;
+    char msg[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "qlun: qcow2 %s: %s; image marked corrupt and read-only "
+            "(run 'qemu-img check -r all')\n", q->path, msg);
+    q->corrupt = true;
+    q->img.info.read_only = true;
+    if (!q->host.read_only && q->version >= 3) {
+        q->incompat |= INCOMPAT_CORRUPT;
+        (void)qcow2_write_header_u64(q, HDR_INCOMPAT, q->incompat);
+    }
+    return -EUCLEAN;
+}
+
+int qcow2_prepare_write(struct qcow2 *q)
+{
+    int ret;
+    if (q->write_ready)
+        return 0;
+    if (q->corrupt)
+        return -EUCLEAN;
+    /* We maintain no autoclear feature: clear them all before writing. */
+    if (q->autoclear) {
+        ret = qcow2_write_header_u64(q, HDR_AUTOCLEAR, 0);
+        if (ret < 0)
+            return ret;
+        q->autoclear = 0;
+    }
+    if (q->lazy && !(q->incompat & INCOMPAT_DIRTY)) {
+        ret = qcow2_write_header_u64(q, HDR_INCOMPAT,
+                                     q->incompat | INCOMPAT_DIRTY);
+        if (ret < 0)
+            return ret;
+        q->incompat |= INCOMPAT_DIRTY;
+    }
+    q->write_ready = true;
+    return 0;
+}
+
+/* Name of incompatible bit `bit` from the feature name table, if any. */
+static void feature_name(const uint8_t *c0, uint64_t tab, uint32_t len,
+                         unsigned bit, char *out, size_t outlen)
+{
+    snprintf(out, outlen, "unknown");
+    for (uint32_t i = 0; tab && i + 48 <= len; i += 48) {
+        const uint8_t *e = c0 + tab + i;
+        if (e[0] == 0 && e[1] == bit) {
+            snprintf(out, outlen, "%.46s", (const char *)e + 2);
+            for (char *p = out; *p; p++)
+                if (*p < 0x20 || *p > 0x7e)
+                    *p = '?';
+            return;
+        }
+    }
+}
+
+static void free_qcow2(struct qcow2 *q)
+{
+    if (!q)
+        return;
+    image_close(q->backing);
+    cache_free(q->l2_cache);
+    cache_free(q->rb_cache);
+    free(q->l1);
+    free(q->reftable);
+    free(q->snapshots);
+    free(q->pending);
+    free(q->zero_buf);
+    free(q->path);
+    if (q->host.fd >= 0)
+        host_close(&q->host);
+    pthread_mutex_destroy(&q->lock);
+    pthread_cond_destroy(&q->range_cond);
+    free(q);
+}
+
+static int read_be64_table(struct qcow2 *q, uint64_t off, uint64_t n,
+                           uint64_t **out)
+{
+    uint8_t *raw = malloc(n * 8 + 1);
+    uint64_t *t = calloc(n + 1, 8);
+    int ret = -ENOMEM;
+    if (raw && t) {
+        ret = host_pread(&q->host, raw, n * 8, off);
+        for (uint64_t i = 0; ret == 0 && i < n; i++)
+            t[i] = get_be64(raw + 8 * i);
+    }
+    free(raw);
+    if (ret < 0) {
+        free(t);
+        return ret;
+    }
+    *out = t;
+    return 0;
+}
+
+static int open_image(struct qcow2 *q, const struct image_open_opts *opts,
+                      char *err, size_t errlen)
+{
+    const char *path = opts->path;
+    uint8_t h[HDR_V3_MIN_LENGTH + 8];
+    uint8_t *c0 = NULL;
+    char root[PATH_MAX];
+    int ret;
+
+    ret = host_open(&q->host, path, opts->read_only, err, errlen);
+    if (ret < 0)
+        return ret;
+    int64_t hsize = host_size(&q->host);
+    if (hsize < 0)
+        FAIL((int)hsize, "cannot get the size of %s: %s", path,
+             strerror((int)-hsize));
+    q->host_end = (uint64_t)hsize;
+
+    ret = host_pread(&q->host, h, sizeof(h), 0);
+    if (ret < 0)
+        FAIL(ret, "cannot read %s: %s", path, strerror(-ret));
+    if ((uint64_t)hsize < HDR_V2_LENGTH || get_be32(h) != QCOW2_MAGIC)
+        FAIL(-EINVAL, "%s is not a qcow2 image (no QFI\\xfb magic); "
+             "if it is a raw image, open it with format=raw", path);
+
+    q->version = get_be32(h + 4);
+    if (q->version != 2 && q->version != 3)
+        FAIL(-ENOTSUP, "%s: unsupported qcow2 version %" PRIu32, path,
+             q->version);
+    q->cluster_bits = get_be32(h + HDR_CLUSTER_BITS);
+    if (q->cluster_bits < 9 || q->cluster_bits > 21)
+        FAIL(-EINVAL, "%s: cluster_bits %" PRIu32 " is out of range 9..21",
+             path, q->cluster_bits);
+    const uint64_t cs = q->cluster_size = 1ull << q->cluster_bits;
+
+    c0 = calloc(1, cs);
+    if (!c0)
+        FAIL(-ENOMEM, "out of memory");
+    ret = host_pread(&q->host, c0, cs, 0);
+    if (ret < 0)
+        FAIL(ret, "cannot read %s: %s", path, strerror(-ret));
+
+    uint32_t crypt = get_be32(c0 + HDR_CRYPT);
+    if (crypt != 0)
+        FAIL(-ENOTSUP, "%s: encrypted qcow2 images are not supported "
+             "(crypt_method %" PRIu32 ", %s)", path, crypt,
+             crypt == 1 ? "AES" : crypt == 2 ? "LUKS" : "unknown");
+
+    if (q->version == 2) {
+        q->header_length = HDR_V2_LENGTH;
+        q->refcount_order = 4;
+    } else {
+        q->incompat = get_be64(c0 + HDR_INCOMPAT);
+        q->compat = get_be64(c0 + HDR_COMPAT);
+        q->autoclear = get_be64(c0 + HDR_AUTOCLEAR);
+        q->refcount_order = get_be32(c0 + HDR_REFCOUNT_ORDER);
+        q->header_length = get_be32(c0 + HDR_HEADER_LENGTH);
+        if (q->header_length < HDR_V3_MIN_LENGTH || q->header_length % 8 ||
+            q->header_length > cs)
+            FAIL(-EINVAL, "%s: header_length %" PRIu32 " is invalid (must be "
+                 ">= 104, a multiple of 8, within cluster 0)", path,
+                 q->header_length);
+        if (q->refcount_order > 6)
+            FAIL(-EINVAL, "%s: refcount_order %" PRIu32 " is out of range "
+                 "0..6", path, q->refcount_order);
+        if (q->header_length > HDR_COMPRESSION)
+            q->compression_type = c0[HDR_COMPRESSION];
+    }
+    q->refcount_max = q->refcount_order == 6
+                          ? UINT64_MAX
+                          : (1ull << (1u << q->refcount_order)) - 1;
+
+    /* Header extensions: between the header and the backing file name (or
+     * the end of cluster 0). */
+    uint64_t backing_off = get_be64(c0 + HDR_BACKING_OFFSET);
+    uint32_t backing_len = get_be32(c0 + HDR_BACKING_SIZE);
+    if (backing_off != 0 &&
+        (backing_off < q->header_length || backing_off >= cs))
+        FAIL(-EINVAL, "%s: backing_file_offset %" PRIu64 " is not inside "
+             "cluster 0 after the header", path, backing_off);
+    uint64_t ext_end = backing_off ? backing_off : cs;
+    uint64_t feat_tab = 0;
+    uint32_t feat_len = 0;
+    char backing_fmt[16] = "";
+    bool have_fmt = false;
+    for (uint64_t p = q->header_length; p + 8 <= ext_end;) {
+        uint32_t type = get_be32(c0 + p), len = get_be32(c0 + p + 4);
+        if (type == EXT_END)
+            break;
+        if (len > ext_end - p - 8)
+            FAIL(-EINVAL, "%s: header extension 0x%08" PRIx32 " at offset %"
+                 PRIu64 " has length %" PRIu32 ", past the extension area",
+                 path, type, p, len);
+        switch (type) {
+        case EXT_BACKING_FMT:
+            if (len == 0 || len >= sizeof(backing_fmt))
+                FAIL(-EINVAL, "%s: backing format extension length %" PRIu32
+                     " is invalid", path, len);
+            memcpy(backing_fmt, c0 + p + 8, len);
+            backing_fmt[len] = 0;
+            have_fmt = true;
+            break;
+        case EXT_FEATURE_TABLE:
+            feat_tab = p + 8;
+            feat_len = len;
+            break;
+        case EXT_FDE:
+            FAIL(-ENOTSUP, "%s: encrypted qcow2 images are not supported "
+                 "(full disk encryption header extension)", path);
+        default:
+            break; /* bitmaps, data file name, unknown: ignored, kept */
+        }
+        p += 8 + ALIGN_UP((uint64_t)len, 8);
+    }
+
+    /* Incompatible features. */
+    uint64_t unknown = q->incompat & ~INCOMPAT_KNOWN;
+    if (unknown) {
+        unsigned bit = (unsigned)__builtin_ctzll(unknown);
+        char name[64];
+        feature_name(c0, feat_tab, feat_len, bit, name, sizeof(name));
+        FAIL(-ENOTSUP, "%s: unsupported incompatible feature bit %u (%s) "
+             "in incompatible_features 0x%" PRIx64, path, bit, name,
+             q->incompat);
+    }
+    if (q->incompat & INCOMPAT_DATA_FILE)
+        FAIL(-ENOTSUP, "%s: qcow2 images with an external data file "
+             "(incompatible feature bit 2) are not supported", path);
+    if (q->incompat & INCOMPAT_CORRUPT && !opts->read_only)
+        FAIL(-EUCLEAN, "%s: the image is marked corrupt (incompatible bit 1); "
+             "it can only be opened read-only; repair it with "
+             "'qemu-img check -r all'", path);
+    if (q->incompat & INCOMPAT_COMPRESSION) {
+        if (q->header_length <= HDR_COMPRESSION || q->compression_type == 0)
+            FAIL(-EINVAL, "%s: compression type bit set but compression_type "
+                 "field is %s", path,
+                 q->header_length <= HDR_COMPRESSION ? "absent" : "0");
+    } else if (q->compression_type != 0) {
+        FAIL(-EINVAL, "%s: compression_type %u without the compression type "
+             "incompatible bit", path, q->compression_type);
+    }
+    if (q->compression_type > 1)
+        FAIL(-ENOTSUP, "%s: unsupported compression_type %u (0 zlib, 1 zstd)",
+             path, q->compression_type);
+    q->extended_l2 = q->incompat & INCOMPAT_EXTL2;
+    if (q->extended_l2 && q->cluster_bits < 14)
+        FAIL(-EINVAL, "%s: extended L2 entries need cluster_bits >= 14, "
+             "cluster_bits is %" PRIu32, path, q->cluster_bits);
+
+    /* Geometry. */
+    q->l2_entry_size = q->extended_l2 ? 16 : 8;
+    q->l2_bits = q->cluster_bits - (q->extended_l2 ? 4 : 3);
+    q->subclusters = q->extended_l2 ? 32 : 1;
+    q->sc_size = cs / q->subclusters;
+    q->csize_shift = 62 - (q->cluster_bits - 8);
+    q->csize_mask = (1ull << (q->cluster_bits - 8)) - 1;
+    q->coffset_mask = (1ull << q->csize_shift) - 1;
+    q->rb_bits = q->cluster_bits + 3 - q->refcount_order;
+
+    uint64_t size = get_be64(c0 + HDR_SIZE);
+    if (size > (1ull << 62))
+        FAIL(-EINVAL, "%s: virtual size %" PRIu64 " is too large", path, size);
+    q->img.size = size;
+    unsigned shift = q->cluster_bits + q->l2_bits;
+    uint64_t l1_need = (size + (1ull << shift) - 1) >> shift;
+    q->l1_size = get_be32(c0 + HDR_L1_SIZE);
+    q->l1_offset = get_be64(c0 + HDR_L1_OFFSET);
+    if ((uint64_t)q->l1_size * 8 > MAX_L1_BYTES)
+        FAIL(-EINVAL, "%s: l1_size %" PRIu32 " is too large", path,
+             q->l1_size);
+    if (q->l1_size < l1_need)
+        FAIL(-EINVAL, "%s: l1_size %" PRIu32 " is too small for virtual "
+             "size %" PRIu64, path, q->l1_size, size);
+    if ((q->l1_offset & (cs - 1)) || (q->l1_size && q->l1_offset == 0) ||
+        q->l1_offset > q->host_end ||
+        (uint64_t)q->l1_size * 8 > q->host_end - q->l1_offset)
+        FAIL(-EINVAL, "%s: l1_table_offset 0x%" PRIx64 " (l1_size %" PRIu32
+             ") is unaligned or past the end of the image", path,
+             q->l1_offset, q->l1_size);
+
+    q->reftable_offset = get_be64(c0 + HDR_REFTABLE_OFFSET);
+    q->reftable_clusters = get_be32(c0 + HDR_REFTABLE_CLUSTERS);
+    if (q->reftable_clusters == 0 ||
+        (uint64_t)q->reftable_clusters * cs > MAX_REFTABLE_BYTES)
+        FAIL(-EINVAL, "%s: refcount_table_clusters %" PRIu32 " is invalid",
+             path, q->reftable_clusters);
+    if (q->reftable_offset == 0 || (q->reftable_offset & (cs - 1)) ||
+        q->reftable_offset > q->host_end ||
+        (uint64_t)q->reftable_clusters * cs > q->host_end - q->reftable_offset)
+        FAIL(-EINVAL, "%s: refcount_table_offset 0x%" PRIx64 " (%" PRIu32
+             " clusters) is unaligned or past the end of the image", path,
+             q->reftable_offset, q->reftable_clusters);
+    q->reftable_entries = (uint64_t)q->reftable_clusters * cs / 8;
+
+    /* Backing file name. */
+    char backing_name[MAX_BACKING_NAME + 1] = "";
+    if (backing_off != 0 && backing_len != 0) {
+        if (backing_len > MAX_BACKING_NAME || backing_len > cs - backing_off)
+            FAIL(-EINVAL, "%s: backing_file_size %" PRIu32 " is invalid "
+                 "(max 1023, inside cluster 0)", path, backing_len);
+        memcpy(backing_name, c0 + backing_off, backing_len);
+        backing_name[backing_len] = 0;
+        if (strlen(backing_name) != backing_len)
+            FAIL(-EINVAL, "%s: backing file name contains a NUL byte", path);
+        q->has_backing_name = true;
+    }
+
+    if (q->host.is_blockdev)
+        q->dev_clusters = (uint64_t)hsize / cs;
+
+    ret = qcow2_read_snapshots(q, get_be32(c0 + HDR_NB_SNAPSHOTS),
+                               get_be64(c0 + HDR_SNAPSHOTS_OFFSET), err,
+                               errlen);
+    if (ret < 0)
+        goto fail;
+
+    ret = read_be64_table(q, q->l1_offset, q->l1_size, &q->l1);
+    if (ret == 0)
+        ret = read_be64_table(q, q->reftable_offset, q->reftable_entries,
+                              &q->reftable);
+    if (ret < 0)
+        FAIL(ret, "%s: cannot read the L1/refcount tables: %s", path,
+             strerror(-ret));
+
+    /* Caches: L2 tables up to 4 MiB (at least 8 tables), refcount blocks
+     * up to 1 MiB (at least 4), at most 512 slots each. */
+    size_t l2_slots = (size_t)MAX(8, MIN(512, (4u << 20) / cs));
+    size_t rb_slots = (size_t)MAX(4, MIN(512, (1u << 20) / cs));
+    q->l2_cache = cache_new(q, l2_slots, qcow2_l2_pre_write);
+    q->rb_cache = cache_new(q, rb_slots, NULL);
+    q->zero_buf = calloc(1, cs);
+    if (!q->l2_cache || !q->rb_cache || !q->zero_buf)
+        FAIL(-ENOMEM, "out of memory");
+
+    if (!opts->read_only) {
+        q->lazy = q->version >= 3 && (q->compat & COMPAT_LAZY_REFCOUNTS);
+        if (q->incompat & INCOMPAT_DIRTY) {
+            ret = qcow2_rebuild_refcounts(q, err, errlen);
+            if (ret < 0)
+                goto fail;
+            ret = qcow2_write_header_u64(q, HDR_INCOMPAT,
+                                         q->incompat & ~INCOMPAT_DIRTY);
+            if (ret < 0)
+                FAIL(ret, "%s: cannot clear the dirty bit: %s", path,
+                     strerror(-ret));
+            q->incompat &= ~INCOMPAT_DIRTY;
+        }
+    }
+
+    /* The backing chain, confined under one root for the whole chain. */
+    if (q->has_backing_name) {
+        if (have_fmt && strcmp(backing_fmt, "raw") != 0 &&
+            strcmp(backing_fmt, "qcow2") != 0)
+            FAIL(-ENOTSUP, "%s: backing format '%s' is not supported (raw or "
+                 "qcow2)", path, backing_fmt);
+        if (opts->backing_root) {
+            if (!realpath(opts->backing_root, root))
+                FAIL(-errno, "%s: backing_root %s: %s", path,
+                     opts->backing_root, strerror(errno));
+        } else {
+            char dir[PATH_MAX];
+            const char *slash = strrchr(path, '/');
+            if (!slash)
+                snprintf(dir, sizeof(dir), ".");
+            else if (slash == path)
+                snprintf(dir, sizeof(dir), "/");
+            else
+                snprintf(dir, sizeof(dir), "%.*s", (int)(slash - path), path);
+            if (!realpath(dir, root))
+                FAIL(-errno, "%s: cannot resolve its directory: %s", path,
+                     strerror(errno));
+        }
+        if (chain_depth >= MAX_CHAIN_DEPTH)
+            FAIL(-ELOOP, "%s: backing chain deeper than %d images (a loop?)",
+                 path, MAX_CHAIN_DEPTH);
+        chain_depth++;
+        ret = qcow2_open_backing(q, backing_name, have_fmt ? backing_fmt : NULL,
+                                 root, err, errlen);
+        chain_depth--;
+        if (ret < 0)
+            goto fail;
+    }
+
+    q->img.ops = &qcow2_ops;
+    q->img.info = (struct image_info){
+        .format = "qcow2",
+        .cluster_size = (uint32_t)cs,
+        .request_alignment = q->host.logical_block_size,
+        .read_only = opts->read_only,
+        .can_zero = q->version >= 3,
+        .can_discard = true,
+        .discard_zeroes = true,
+    };
+    free(c0);
+    return 0;
+fail:
+    free(c0);
+    return ret;
+}
+
+int qcow2_open(const struct image_open_opts *opts, struct image **out,
+               char *err, size_t errlen)
+{
+    struct qcow2 *q = calloc(1, sizeof(*q));
+    if (!q) {
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    q->host.fd = -1;
+    pthread_mutex_init(&q->lock, NULL);
+    pthread_cond_init(&q->range_cond, NULL);
+    q->path = strdup(opts->path);
+    if (!q->path) {
+        free_qcow2(q);
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    int ret = open_image(q, opts, err, errlen);
+    if (ret < 0) {
+        free_qcow2(q);
+        return ret;
+    }
+    *out = &q->img;
+    return 0;
+}
+
+void qcow2_free(struct qcow2 *q)
+{
+    free_qcow2(q);
+}

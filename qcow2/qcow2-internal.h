@@ -1,0 +1,321 @@
+/* qlun — qcow2 engine internals, shared by the files of qcow2/.
+ *
+ * Layout of the engine (one concept per file):
+ *   header.c    open: parse and validate the header, extensions, tables;
+ *               in-place header field updates (feature bits, reftable)
+ *   backing.c   resolve, confine and open the backing file
+ *   snapshot.c  parse and validate the internal snapshot table
+ *   cache.c     bounded write-back cache of cluster-sized tables
+ *               (one instance for L2 tables, one for refcount blocks)
+ *   refcount.c  refcount lookup/update, cluster allocation, refcount table
+ *               growth, deferred frees, rebuild after a crash (dirty bit)
+ *   cluster.c   L2 entry decoding/validation, L2 table allocation and COW
+ *   compress.c  zlib (raw deflate) and zstd decompression of one cluster
+ *   io.c        readv/writev/zero/discard/block_status/flush/close,
+ *               the guest range lock
+ *
+ * Locking.  q->lock (the "metadata lock") protects every field below that
+ * is not constant after open: the L1 table, the refcount table, both
+ * caches, the allocator, the pending-free list, header state.  Metadata
+ * I/O (tables, header) is done with it held; guest data I/O (preadv and
+ * pwritev of data clusters, backing reads, decompression) never is.
+ * A guest range lock (io.c) keeps requests on overlapping guest clusters
+ * apart: readers share, writers/zeroers/discarders are exclusive, so a read
+ * never sees an allocation half done and a host cluster is never freed while
+ * a request still uses it.
+ *
+ * Crash ordering (see /work/shared/notes/qcow2.md):
+ *   - data is written (pwritev returned) before the L2 entry is updated in
+ *     the cache; a dirty L2 table is written back only after the refcount
+ *     cache was written back (unless lazy refcounts) and host_flush();
+ *   - a new or copied L2 table is written and flushed before its L1 entry;
+ *   - refcount decreases are queued (pending frees) and applied only after
+ *     the L2/L1 change that dropped the reference is durable (meta sync).
+ */
+#ifndef QLUN_QCOW2_INTERNAL_H
+#define QLUN_QCOW2_INTERNAL_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "block/host.h"
+#include "block/image.h"
+
+#define QCOW2_MAGIC 0x514649fbu /* "QFI\xfb" */
+
+/* Header field offsets (bytes). */
+#define HDR_BACKING_OFFSET   8
+#define HDR_BACKING_SIZE    16
+#define HDR_CLUSTER_BITS    20
+#define HDR_SIZE            24
+#define HDR_CRYPT           32
+#define HDR_L1_SIZE         36
+#define HDR_L1_OFFSET       40
+#define HDR_REFTABLE_OFFSET 48
+#define HDR_REFTABLE_CLUSTERS 56
+#define HDR_NB_SNAPSHOTS    60
+#define HDR_SNAPSHOTS_OFFSET 64
+#define HDR_INCOMPAT        72
+#define HDR_COMPAT          80
+#define HDR_AUTOCLEAR       88
+#define HDR_REFCOUNT_ORDER  96
+#define HDR_HEADER_LENGTH  100
+#define HDR_COMPRESSION    104
+#define HDR_V2_LENGTH       72
+#define HDR_V3_MIN_LENGTH  104
+
+/* Feature bits. */
+#define INCOMPAT_DIRTY      (1ull << 0)
+#define INCOMPAT_CORRUPT    (1ull << 1)
+#define INCOMPAT_DATA_FILE  (1ull << 2)
+#define INCOMPAT_COMPRESSION (1ull << 3)
+#define INCOMPAT_EXTL2      (1ull << 4)
+#define INCOMPAT_KNOWN      ((1ull << 5) - 1)
+#define COMPAT_LAZY_REFCOUNTS (1ull << 0)
+
+/* Header extensions. */
+#define EXT_END           0x00000000u
+#define EXT_BACKING_FMT   0xe2792acau
+#define EXT_FEATURE_TABLE 0x6803f857u
+#define EXT_BITMAPS       0x23852875u
+#define EXT_FDE           0x0537be77u
+#define EXT_DATA_FILE     0x44415441u
+
+/* L1/L2 entry bits. */
+#define OFLAG_COPIED     (1ull << 63)
+#define OFLAG_COMPRESSED (1ull << 62)
+#define OFLAG_ZERO       (1ull << 0)
+#define L1E_OFFSET_MASK  0x00fffffffffffe00ull
+#define L1E_RESERVED     (~(L1E_OFFSET_MASK | OFLAG_COPIED))
+#define L2E_OFFSET_MASK  0x00fffffffffffe00ull
+#define L2E_STD_RESERVED 0x3f000000000001feull /* bits 1-8, 56-61 */
+#define REFT_OFFSET_MASK 0xfffffffffffffe00ull
+
+/* Implementation limits (the same as QEMU's, so anything it makes opens). */
+#define MAX_L1_BYTES       (32u << 20)
+#define MAX_REFTABLE_BYTES (8u << 20)
+#define MAX_SNAPSHOTS      65536u
+#define MAX_SNAPSHOT_TABLE_BYTES (64u << 20)
+#define MAX_BACKING_NAME   1023u
+#define MAX_CHAIN_DEPTH    32
+
+/* What one guest subcluster (or whole cluster without extended L2) is. */
+enum sc_kind {
+    SC_UNALLOC,    /* reads from the backing file, or zeros */
+    SC_ZERO,       /* reads as zeros */
+    SC_DATA,       /* host data at sc.host */
+    SC_COMPRESSED, /* the whole cluster is compressed, descriptor in entry */
+};
+
+/* A decoded, validated L2 entry. */
+struct l2e {
+    uint64_t entry;   /* raw first word */
+    uint64_t bitmap;  /* raw second word (extended L2), else 0 */
+    uint64_t host;    /* host cluster offset, 0 if none (not compressed) */
+    bool copied;      /* bit 63: we own the host cluster (refcount 1) */
+    bool compressed;
+    /* Non-extended images describe the cluster as one subcluster: then
+     * alloc/zero below have only bit 0 meaningful. */
+    uint32_t alloc;   /* subclusters with data at host + i * sc_size */
+    uint32_t zero;    /* subclusters that read as zeros */
+};
+
+struct cache;
+struct pending_free;
+struct range_lock;
+
+struct snapshot {
+    uint64_t l1_offset;
+    uint32_t l1_size;
+};
+
+struct qcow2 {
+    struct image img;         /* first: struct image * casts to qcow2 */
+    struct host host;
+    char *path;
+
+    /* Header, constant after open unless noted. */
+    uint32_t version;
+    uint32_t cluster_bits;
+    uint64_t cluster_size;
+    uint32_t refcount_order;  /* refcount_bits = 1 << refcount_order */
+    uint64_t refcount_max;
+    uint64_t incompat;        /* changes: dirty, corrupt (under lock) */
+    uint64_t compat;
+    uint64_t autoclear;       /* cleared before the first write */
+    uint32_t header_length;
+    uint8_t compression_type; /* 0 zlib, 1 zstd */
+    bool extended_l2;
+    uint32_t l2_entry_size;   /* 8 or 16 */
+    uint32_t l2_bits;         /* log2(entries per L2 table) */
+    uint32_t subclusters;     /* 32 with extended L2, else 1 */
+    uint64_t sc_size;         /* cluster_size / subclusters */
+    uint32_t csize_shift;     /* compressed descriptor: 62 - (cb - 8) */
+    uint64_t csize_mask;
+    uint64_t coffset_mask;
+
+    uint64_t *l1;             /* host byte order; under lock */
+    uint32_t l1_size;
+    uint64_t l1_offset;
+
+    uint64_t *reftable;       /* host byte order; under lock */
+    uint64_t reftable_entries;
+    uint64_t reftable_offset;
+    uint32_t reftable_clusters;
+    uint32_t rb_bits;         /* log2(refcount entries per block) */
+
+    struct snapshot *snapshots;
+    uint32_t nb_snapshots;
+    uint64_t snapshots_offset;
+    uint64_t snapshots_bytes;
+
+    struct image *backing;    /* NULL: unallocated reads as zeros */
+    bool has_backing_name;    /* header names a backing file */
+
+    /* Runtime state, under lock. */
+    pthread_mutex_t lock;
+    pthread_cond_t range_cond;
+    struct range_lock *ranges;
+    struct cache *l2_cache;
+    struct cache *rb_cache;
+    uint64_t free_hint;       /* no free cluster below this index */
+    uint64_t host_end;        /* bytes: files: max(size at open, highest
+                               * allocation); devices: capacity */
+    uint64_t dev_clusters;    /* devices: clusters that fit; files: 0 */
+    struct pending_free *pending;
+    size_t npending, pending_cap;
+    bool lazy;                /* lazy refcounts in use (dirty bit) */
+    bool write_ready;         /* header prepared for writing */
+    bool corrupt;             /* found corrupt: no more writes */
+    uint8_t *zero_buf;        /* cluster_size zeros, read-only */
+};
+
+static inline struct qcow2 *to_qcow2(struct image *img)
+{
+    return (struct qcow2 *)img;
+}
+
+/* ---- header.c ---- */
+
+/* Write the 8-byte feature field at HDR_INCOMPAT/HDR_AUTOCLEAR (big endian)
+ * and host_flush().  Called with lock held. */
+int qcow2_write_header_u64(struct qcow2 *q, unsigned field, uint64_t v);
+
+/* Mark the image corrupt: log msg to stderr, set the corrupt bit on disk
+ * (v3, read-write), refuse writes from now on.  Returns -EUCLEAN so callers
+ * can "return qcow2_corrupt(...)".  Lock held. */
+int qcow2_corrupt(struct qcow2 *q, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* Free everything an open image holds (closes the backing image and the
+ * host fd) without writing anything. */
+void qcow2_free(struct qcow2 *q);
+
+/* Before the first modification: clear autoclear bits, set the dirty bit
+ * under lazy refcounts.  Idempotent.  Lock held. */
+int qcow2_prepare_write(struct qcow2 *q);
+
+/* ---- backing.c ---- */
+
+/* Open the backing file named in the header (cluster0 holds cluster 0),
+ * confined to root (an absolute, realpath'd directory; "/" = anything).
+ * fmt: backing format extension or NULL (then probe qcow2 magic vs raw).
+ * On failure writes one line into err. */
+int qcow2_open_backing(struct qcow2 *q, const char *name, const char *fmt,
+                       const char *root, char *err, size_t errlen);
+
+/* ---- snapshot.c ---- */
+
+/* Read and validate the snapshot table described by the header fields.
+ * Fills q->snapshots/nb_snapshots/snapshots_bytes.  One line into err. */
+int qcow2_read_snapshots(struct qcow2 *q, uint32_t nb, uint64_t offset,
+                         char *err, size_t errlen);
+
+/* ---- cache.c ---- */
+
+/* A cache of nslots cluster-sized tables keyed by host offset.  All calls
+ * with q->lock held.  Tables are pinned between get and put; only unpinned
+ * tables are evicted.  Before a dirty table is written back, pre_write
+ * (if set) runs; it establishes ordering dependencies. */
+struct cache *cache_new(struct qcow2 *q, size_t nslots,
+                        int (*pre_write)(struct qcow2 *q));
+void cache_free(struct cache *c);
+/* Get the table at host offset off, reading it (read=true) or starting from
+ * zeros (read=false, for a freshly allocated table). */
+int cache_get(struct cache *c, uint64_t off, bool read, void **table);
+void cache_put(struct cache *c, void *table);
+void cache_mark_dirty(struct cache *c, void *table);
+/* Write back every dirty table (pre_write first unless skip_pre). */
+int cache_writeback(struct cache *c, bool skip_pre);
+bool cache_has_dirty(struct cache *c);
+/* Forget the table at off (its cluster was freed); drops dirty data. */
+void cache_forget(struct cache *c, uint64_t off);
+/* Drop everything, dirty or not (crash simulation, rebuild). */
+void cache_invalidate(struct cache *c);
+
+/* ---- refcount.c ---- */
+
+/* Refcount of host cluster index ci (0 when no block covers it). */
+int qcow2_get_refcount(struct qcow2 *q, uint64_t ci, uint64_t *rc);
+/* Add delta to the refcount of cluster ci; creates refcount blocks and
+ * grows the refcount table as needed.  Underflow/overflow → -EUCLEAN. */
+int qcow2_update_refcount(struct qcow2 *q, uint64_t ci, int64_t delta);
+/* Allocate between 1 and n contiguous free clusters (refcount := 1);
+ * returns their host byte offset in *off and the count (> 0), or -ENOSPC
+ * (devices: nothing free below the device end), or another error. */
+int64_t qcow2_alloc_clusters(struct qcow2 *q, uint64_t n, uint64_t *off);
+/* Queue a refcount decrement for the host clusters an L2/L1 entry used;
+ * applied by qcow2_meta_sync() once the entry dropping them is durable.
+ * compressed: entry is a compressed descriptor. */
+int qcow2_free_later(struct qcow2 *q, uint64_t entry, bool compressed);
+/* Decrement immediately: for clusters nothing on disk references yet. */
+void qcow2_free_now(struct qcow2 *q, uint64_t off, uint64_t n);
+/* Make every metadata change durable in order: refcount blocks (unless
+ * lazy), flush, L2 tables, flush, then apply pending frees (and write
+ * their refcounts unless lazy, flush).  Lock held. */
+int qcow2_meta_sync(struct qcow2 *q);
+/* Rebuild all refcounts from the L1/L2/snapshot tables (dirty image) and
+ * write a fresh refcount table and blocks.  Lock held (or single thread). */
+int qcow2_rebuild_refcounts(struct qcow2 *q, char *err, size_t errlen);
+/* Host clusters spanned by a compressed descriptor: first byte, bytes. */
+void qcow2_compressed_range(const struct qcow2 *q, uint64_t entry,
+                            uint64_t *off, uint64_t *len);
+/* pre_write hook of the L2 cache: refcounts (unless lazy) then flush. */
+int qcow2_l2_pre_write(struct qcow2 *q);
+
+/* ---- cluster.c ---- */
+
+/* Decode and validate the L2 entry (entry, bitmap).  Invalid → marks the
+ * image corrupt and returns -EUCLEAN.  Lock held. */
+int qcow2_decode_l2e(struct qcow2 *q, uint64_t entry, uint64_t bitmap,
+                     uint64_t guest_off, struct l2e *e);
+/* Validate an L1 entry and return its L2 table offset (0: none). */
+int qcow2_check_l1e(struct qcow2 *q, uint32_t l1_index, uint64_t *l2_off);
+/* Look up the L2 entry for guest cluster gc, decoded.  Lock held. */
+int qcow2_get_l2e(struct qcow2 *q, uint64_t gc, struct l2e *e);
+/* Store (entry, bitmap) as the L2 entry for guest cluster gc, allocating or
+ * copying (COW) the L2 table first if needed.  Lock held. */
+int qcow2_set_l2e(struct qcow2 *q, uint64_t gc, uint64_t entry,
+                  uint64_t bitmap);
+/* Kind of subcluster sc of a decoded entry. */
+enum sc_kind qcow2_sc_kind(const struct qcow2 *q, const struct l2e *e,
+                           unsigned sc);
+
+/* ---- compress.c ---- */
+
+/* Decompress the cluster described by compressed L2 entry into out
+ * (cluster_size bytes).  Reads the host without the lock.  Malformed data
+ * → -EUCLEAN (the caller marks the image corrupt). */
+int qcow2_decompress_cluster(struct qcow2 *q, uint64_t entry, uint8_t *out);
+
+/* ---- io.c ---- */
+
+extern const struct image_ops qcow2_ops;
+
+/* Test hook: drop the image as a crash would (no writeback, no header
+ * update, fd closed), freeing memory.  Only for tests. */
+void qcow2_simulate_crash(struct image *img);
+
+#endif
