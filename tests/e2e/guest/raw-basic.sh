@@ -102,6 +102,24 @@ if [ -n "$DEV" ]; then
     echo 3 >/proc/sys/vm/drop_caches
     rig_check "A: direct read-back of the whole LUN equals expected" \
         bash -c "dd if='$DEV' bs=1M iflag=direct status=none | cmp - '$RIG_SHARE/expected.bin'"
+    # the TCMU data area is recycled between commands: bytes past the INQUIRY
+    # data the handler produced must be zero, not stale data of earlier I/O
+    rm -f "$OUT/inquiry-260.bin"
+    if sg_raw -r 260 -o "$OUT/inquiry-260.bin" "$DEV" 12 00 00 01 04 00 >"$OUT/inquiry-260.log" 2>&1 &&
+       [ "$(stat -c %s "$OUT/inquiry-260.bin" 2>/dev/null || echo 0)" -ge 36 ]; then
+        got=$(stat -c %s "$OUT/inquiry-260.bin")
+        addl=$(od -An -tu1 -j4 -N1 "$OUT/inquiry-260.bin" | tr -d ' ')
+        junk=$(tail -c +$((addl + 6)) "$OUT/inquiry-260.bin" | tr -d '\0' | wc -c)
+        xxd "$OUT/inquiry-260.bin" >"$OUT/inquiry-260.txt"
+        if [ "$junk" = 0 ]; then
+            rig_pass "A: INQUIRY(260): no stale bytes past the additional length ($got bytes, additional length $addl)"
+        else
+            rig_fail "A: INQUIRY(260): no stale bytes past the additional length" \
+                "$junk non-zero bytes after byte $((addl + 5)) of $got; see out/inquiry-260.txt"
+        fi
+    else
+        rig_fail "A: INQUIRY(260) via sg_raw" "$(tail -1 "$OUT/inquiry-260.log")"
+    fi
     rig_check "A: sg_vpd -p bl" bash -c "sg_vpd -p bl '$DEV' >'$OUT/sg_vpd_bl.txt' 2>&1"
     rig_check "A: sg_vpd -p lbpv" bash -c "sg_vpd -p lbpv '$DEV' >'$OUT/sg_vpd_lbpv.txt' 2>&1"
     rig_check "A: sg_readcap -l" bash -c "sg_readcap -l '$DEV' >'$OUT/sg_readcap.txt' 2>&1"
