@@ -45,6 +45,13 @@
 
 #define QCOW2_MAGIC 0x514649fbu /* "QFI\xfb" */
 
+/* host_open() takes flags (HOST_READ_ONLY) in newer block/host.h. */
+#ifdef HOST_READ_ONLY
+#define HOST_FLAGS(ro) ((ro) ? HOST_READ_ONLY : 0u)
+#else
+#define HOST_FLAGS(ro) (ro)
+#endif
+
 /* Header field offsets (bytes). */
 #define HDR_BACKING_OFFSET   8
 #define HDR_BACKING_SIZE    16

@@ -20,6 +20,9 @@
 
 #define SKIP_CODE 77
 
+/* Helpers a given test may not use. */
+#define QT_FN static __attribute__((unused))
+
 static int qt_failed;
 
 #define QT_FAIL(...)                                                        \
@@ -39,9 +42,9 @@ static int qt_failed;
 /* Run a shell command (printf format); returns its exit status, or -1.
  * Output goes to out (if not NULL, up to outlen bytes) else is discarded
  * unless QLUN_TEST_VERBOSE is set. */
-static int qt_run_out(char *out, size_t outlen, const char *fmt, ...)
+QT_FN int qt_run_out(char *out, size_t outlen, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
-static int qt_run_out(char *out, size_t outlen, const char *fmt, ...)
+QT_FN int qt_run_out(char *out, size_t outlen, const char *fmt, ...)
 {
     char cmd[8192];
     va_list ap;
@@ -79,8 +82,8 @@ static int qt_run_out(char *out, size_t outlen, const char *fmt, ...)
 #define qt_run(...) qt_run_out(NULL, 0, __VA_ARGS__)
 
 /* Run a command that must succeed; on failure print its output. */
-static bool qt_must(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static bool qt_must(const char *fmt, ...)
+QT_FN bool qt_must(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+QT_FN bool qt_must(const char *fmt, ...)
 {
     char cmd[8192], out[8192];
     va_list ap;
@@ -96,7 +99,7 @@ static bool qt_must(const char *fmt, ...)
 }
 
 /* Exit 77 (CTest skip) when qemu-img or qemu-io is missing. */
-static void qt_require_qemu(void)
+QT_FN void qt_require_qemu(void)
 {
     if (qt_run("command -v qemu-img && command -v qemu-io") != 0) {
         printf("SKIP: qemu-img/qemu-io not installed\n");
@@ -105,7 +108,7 @@ static void qt_require_qemu(void)
 }
 
 /* A fresh scratch directory (under $QLUN_TEST_TMPDIR or the cwd). */
-static void qt_mkdtemp(char *buf, size_t len, const char *name)
+QT_FN void qt_mkdtemp(char *buf, size_t len, const char *name)
 {
     const char *base = getenv("QLUN_TEST_TMPDIR");
     char cwd[4096];
@@ -118,14 +121,14 @@ static void qt_mkdtemp(char *buf, size_t len, const char *name)
     }
 }
 
-static void qt_rmtree(const char *dir)
+QT_FN void qt_rmtree(const char *dir)
 {
     if (!getenv("QLUN_TEST_KEEP"))
         qt_run("rm -rf '%s'", dir);
 }
 
 /* qemu-img check: its exit status (0 clean, 2 corrupt, 3 leaks). */
-static int qt_check(const char *img)
+QT_FN int qt_check(const char *img)
 {
     char out[16384];
     int st = qt_run_out(out, sizeof(out), "qemu-img check -f qcow2 '%s'", img);
@@ -134,7 +137,7 @@ static int qt_check(const char *img)
     return st;
 }
 
-static uint8_t *qt_read_file(const char *path, size_t *len)
+QT_FN uint8_t *qt_read_file(const char *path, size_t *len)
 {
     FILE *f = fopen(path, "rb");
     if (!f)
@@ -152,7 +155,7 @@ static uint8_t *qt_read_file(const char *path, size_t *len)
     return buf;
 }
 
-static bool qt_write_file(const char *path, const void *buf, size_t len)
+QT_FN bool qt_write_file(const char *path, const void *buf, size_t len)
 {
     FILE *f = fopen(path, "wb");
     if (!f)
@@ -161,7 +164,7 @@ static bool qt_write_file(const char *path, const void *buf, size_t len)
     return fclose(f) == 0 && ok;
 }
 
-static int qt_open(const char *path, bool ro, const char *root,
+QT_FN int qt_open(const char *path, bool ro, const char *root,
                    struct image **img)
 {
     char err[1024] = "";
@@ -176,7 +179,7 @@ static int qt_open(const char *path, bool ro, const char *root,
 }
 
 /* First differing byte, or -1. */
-static long qt_first_diff(const uint8_t *a, const uint8_t *b, size_t n)
+QT_FN long qt_first_diff(const uint8_t *a, const uint8_t *b, size_t n)
 {
     if (memcmp(a, b, n) == 0)
         return -1;
@@ -189,7 +192,7 @@ static long qt_first_diff(const uint8_t *a, const uint8_t *b, size_t n)
 /* Read the whole image through the engine, in chunks of varied size, and
  * compare with expect.  Also checks that every extent block status calls
  * zero or unallocated reads as zeros. */
-static bool qt_compare_image(struct image *img, const uint8_t *expect,
+QT_FN bool qt_compare_image(struct image *img, const uint8_t *expect,
                              const char *what)
 {
     size_t size = img->size;
@@ -242,7 +245,7 @@ static bool qt_compare_image(struct image *img, const uint8_t *expect,
 }
 
 /* Convert an image to raw with qemu-img and load it. */
-static uint8_t *qt_qemu_raw(const char *img, const char *dir, size_t *len,
+QT_FN uint8_t *qt_qemu_raw(const char *img, const char *dir, size_t *len,
                             const char *extra)
 {
     char raw[4200];
@@ -260,7 +263,7 @@ struct qt_rng {
     uint64_t s[4];
 };
 
-static uint64_t qt_splitmix(uint64_t *x)
+QT_FN uint64_t qt_splitmix(uint64_t *x)
 {
     uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
@@ -268,13 +271,13 @@ static uint64_t qt_splitmix(uint64_t *x)
     return z ^ (z >> 31);
 }
 
-static void qt_rng_seed(struct qt_rng *r, uint64_t seed)
+QT_FN void qt_rng_seed(struct qt_rng *r, uint64_t seed)
 {
     for (int i = 0; i < 4; i++)
         r->s[i] = qt_splitmix(&seed);
 }
 
-static uint64_t qt_rand(struct qt_rng *r)
+QT_FN uint64_t qt_rand(struct qt_rng *r)
 {
     uint64_t *s = r->s;
     uint64_t t = s[1] << 17;
@@ -288,18 +291,18 @@ static uint64_t qt_rand(struct qt_rng *r)
     return res;
 }
 
-static uint64_t qt_below(struct qt_rng *r, uint64_t n)
+QT_FN uint64_t qt_below(struct qt_rng *r, uint64_t n)
 {
     return n ? qt_rand(r) % n : 0;
 }
 
-static uint64_t qt_seed(void)
+QT_FN uint64_t qt_seed(void)
 {
     const char *e = getenv("QLUN_SEED");
     return e ? strtoull(e, NULL, 0) : 20240601;
 }
 
-static int qt_summary(const char *name)
+QT_FN int qt_summary(const char *name)
 {
     if (qt_failed) {
         printf("%s: %d failure(s)\n", name, qt_failed);
