@@ -9,24 +9,97 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <stdlib.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include "../common/iov.h"
 #include "../common/util.h"
 
-int host_open(struct host *h, const char *path, bool read_only,
+/* Read an unsigned number from a sysfs file; 0 if absent. */
+static uint64_t sysfs_u64(const char *path)
+{
+    unsigned long long v = 0;
+    FILE *f = fopen(path, "r");
+    if (f) {
+        if (fscanf(f, "%llu", &v) != 1)
+            v = 0;
+        fclose(f);
+    }
+    return v;
+}
+
+/* A block device's queue limits (a partition's are its disk's). */
+static uint64_t blkdev_queue_limit(dev_t rdev, const char *name)
+{
+    char path[256];
+    snprintf(path, sizeof(path), "/sys/dev/block/%u:%u/queue/%s",
+             major(rdev), minor(rdev), name);
+    if (access(path, R_OK) != 0)
+        snprintf(path, sizeof(path), "/sys/dev/block/%u:%u/../queue/%s",
+                 major(rdev), minor(rdev), name);
+    return sysfs_u64(path);
+}
+
+/* O_DIRECT alignment for a file: what the filesystem reports (statx
+ * STATX_DIOALIGN, Linux 6.1), else a conservative 4 KiB. */
+static void file_dio_alignment(int fd, uint32_t *offset_align,
+                               uint32_t *mem_align)
+{
+    *offset_align = 4096;
+    *mem_align = 4096;
+#ifdef STATX_DIOALIGN
+    struct statx stx;
+    if (statx(fd, "", AT_EMPTY_PATH, STATX_DIOALIGN, &stx) == 0 &&
+        (stx.stx_mask & STATX_DIOALIGN) && stx.stx_dio_offset_align) {
+        *offset_align = stx.stx_dio_offset_align;
+        *mem_align = MAX(stx.stx_dio_mem_align, (uint32_t)sizeof(void *));
+    }
+#endif
+}
+
+int host_open(struct host *h, const char *path, unsigned flags,
               char *err, size_t errlen)
 {
+    bool read_only = flags & HOST_READ_ONLY;
+    bool direct = flags & HOST_DIRECT;
     struct stat st;
     int fd;
 
     memset(h, 0, sizeof(*h));
     h->fd = -1;
-    fd = open(path, (read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC);
-    if (fd < 0) {
+    if (stat(path, &st) < 0) {
         int e = errno;
         snprintf(err, errlen, "cannot open %s: %s", path, strerror(e));
+        return -e;
+    }
+    if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)) {
+        snprintf(err, errlen, "%s is neither a regular file nor a block device",
+                 path);
+        return -EINVAL;
+    }
+    int oflags = (read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC;
+    if (direct)
+        oflags |= O_DIRECT;
+    /* A block device another program holds (a mounted filesystem, LVM,
+     * another target) must not be written behind its back. */
+    if (S_ISBLK(st.st_mode) && !read_only)
+        oflags |= O_EXCL;
+    fd = open(path, oflags);
+    if (fd < 0) {
+        int e = errno;
+        if (e == EBUSY)
+            snprintf(err, errlen, "cannot open %s: device in use (mounted, or "
+                     "held by another program)", path);
+        else if (e == EINVAL && direct)
+            snprintf(err, errlen, "cannot open %s with O_DIRECT (cache=none or "
+                     "directsync): the filesystem does not support it", path);
+        else if (e == EROFS || (e == EACCES && !read_only))
+            snprintf(err, errlen, "cannot open %s read-write: %s (use "
+                     "readonly=on to serve it read-only)", path, strerror(e));
+        else
+            snprintf(err, errlen, "cannot open %s: %s", path, strerror(e));
         return -e;
     }
     if (fstat(fd, &st) < 0) {
@@ -41,8 +114,15 @@ int host_open(struct host *h, const char *path, bool read_only,
         if (ioctl(fd, BLKSSZGET, &lbs) < 0)
             lbs = 512;
         h->logical_block_size = (uint32_t)lbs;
-    } else if (S_ISREG(st.st_mode)) {
+        h->mem_align = (uint32_t)lbs;
+        h->can_write_zeroes =
+            blkdev_queue_limit(st.st_rdev, "write_zeroes_max_bytes") > 0;
+        h->can_discard = blkdev_queue_limit(st.st_rdev, "discard_max_bytes") > 0;
+    } else {
         h->logical_block_size = 1;
+        h->mem_align = 1;
+        if (direct)
+            file_dio_alignment(fd, &h->logical_block_size, &h->mem_align);
         /* Punching a hole past end of file changes nothing, so it is a
          * safe probe of whether the filesystem can punch at all.  Whether
          * it can ZERO_RANGE is learnt on first use (a probe would have to
@@ -54,22 +134,21 @@ int host_open(struct host *h, const char *path, bool read_only,
                           past_eof, 4096) == 0;
             h->can_zero_range = true;
         }
-    } else {
-        snprintf(err, errlen, "%s is neither a regular file nor a block device",
-                 path);
-        close(fd);
-        return -EINVAL;
     }
     h->fd = fd;
     h->read_only = read_only;
+    h->direct = direct;
+    pthread_rwlock_init(&h->rmw_lock, NULL);
     return 0;
 }
 
 void host_close(struct host *h)
 {
-    if (h->fd >= 0)
-        close(h->fd);
+    if (h->fd < 0)
+        return;
+    close(h->fd);
     h->fd = -1;
+    pthread_rwlock_destroy(&h->rmw_lock);
 }
 
 int64_t host_size(struct host *h)
@@ -110,8 +189,8 @@ int host_pwrite(struct host *h, const void *buf, size_t len, uint64_t off)
 
 /* preadv/pwritev may transfer less than asked (signals, huge requests, end
  * of file).  These loops advance a private copy of the iovec until done. */
-int host_preadv(struct host *h, const struct iovec *iov, int iovcnt,
-                uint64_t off)
+static int preadv_full(struct host *h, const struct iovec *iov, int iovcnt,
+                       uint64_t off)
 {
     struct iov_cursor cur;
     int ret = iov_cursor_init(&cur, iov, iovcnt);
@@ -138,15 +217,11 @@ int host_preadv(struct host *h, const struct iovec *iov, int iovcnt,
     return ret;
 }
 
-int host_pwritev(struct host *h, const struct iovec *iov, int iovcnt,
-                 uint64_t off)
+static int pwritev_full(struct host *h, const struct iovec *iov, int iovcnt,
+                       uint64_t off)
 {
     struct iov_cursor cur;
-    int ret;
-
-    if (h->read_only)
-        return -EROFS;
-    ret = iov_cursor_init(&cur, iov, iovcnt);
+    int ret = iov_cursor_init(&cur, iov, iovcnt);
     if (ret < 0)
         return ret;
     while (!iov_cursor_done(&cur)) {
@@ -167,6 +242,108 @@ int host_pwritev(struct host *h, const struct iovec *iov, int iovcnt,
         off += (uint64_t)n;
     }
     iov_cursor_free(&cur);
+    return ret;
+}
+
+/* --- O_DIRECT: requests that are not aligned go through a bounce buffer.
+ * Reads widen to whole blocks; writes that do not cover whole blocks read
+ * the blocks first (read-modify-write) while excluding other writes. */
+
+static bool request_aligned(const struct host *h, const struct iovec *iov,
+                            int iovcnt, uint64_t off)
+{
+    uint32_t a = h->logical_block_size, m = h->mem_align;
+    if (off % a)
+        return false;
+    for (int i = 0; i < iovcnt; i++)
+        if ((uintptr_t)iov[i].iov_base % m || iov[i].iov_len % a)
+            return false;
+    return true;
+}
+
+static void *bounce_alloc(const struct host *h, size_t len)
+{
+    void *p = NULL;
+    if (posix_memalign(&p, MAX(h->mem_align, (uint32_t)sizeof(void *)), len))
+        return NULL;
+    return p;
+}
+
+static int direct_bounce_read(struct host *h, const struct iovec *iov,
+                              int iovcnt, uint64_t off)
+{
+    uint32_t a = h->logical_block_size;
+    size_t len = iov_size(iov, iovcnt);
+    uint64_t start = ALIGN_DOWN(off, (uint64_t)a);
+    size_t span = (size_t)(ALIGN_UP(off + len, (uint64_t)a) - start);
+    uint8_t *b = bounce_alloc(h, span);
+    if (!b)
+        return -ENOMEM;
+    int ret = preadv_full(h, &(struct iovec){ b, span }, 1, start);
+    if (ret == 0)
+        iov_from_buf(iov, iovcnt, 0, b + (off - start), len);
+    free(b);
+    return ret;
+}
+
+static int direct_bounce_write(struct host *h, const struct iovec *iov,
+                               int iovcnt, uint64_t off)
+{
+    uint32_t a = h->logical_block_size;
+    size_t len = iov_size(iov, iovcnt);
+    uint64_t start = ALIGN_DOWN(off, (uint64_t)a);
+    uint64_t end = ALIGN_UP(off + len, (uint64_t)a);
+    size_t span = (size_t)(end - start);
+    bool rmw = start != off || end != off + len;
+    uint8_t *b = bounce_alloc(h, span);
+    if (!b)
+        return -ENOMEM;
+    int64_t old_size = 0;
+    int ret = 0;
+    if (rmw) {
+        pthread_rwlock_wrlock(&h->rmw_lock);
+        old_size = host_size(h);
+        /* Only the partial head and tail blocks need their old bytes. */
+        ret = preadv_full(h, &(struct iovec){ b, a }, 1, start);
+        if (ret == 0 && span > a)
+            ret = preadv_full(h, &(struct iovec){ b + span - a, a }, 1, end - a);
+    } else {
+        pthread_rwlock_rdlock(&h->rmw_lock);
+    }
+    if (ret == 0) {
+        iov_to_buf(iov, iovcnt, 0, b + (off - start), len);
+        ret = pwritev_full(h, &(struct iovec){ b, span }, 1, start);
+    }
+    /* Whole blocks past the old end of a file would lengthen it beyond
+     * what was written: cut it back. */
+    if (ret == 0 && rmw && !h->is_blockdev && old_size >= 0 &&
+        end > (uint64_t)old_size && end > off + len)
+        ret = host_truncate(h, MAX((uint64_t)old_size, off + len));
+    pthread_rwlock_unlock(&h->rmw_lock);
+    free(b);
+    return ret;
+}
+
+int host_preadv(struct host *h, const struct iovec *iov, int iovcnt,
+                uint64_t off)
+{
+    if (h->direct && !request_aligned(h, iov, iovcnt, off))
+        return direct_bounce_read(h, iov, iovcnt, off);
+    return preadv_full(h, iov, iovcnt, off);
+}
+
+int host_pwritev(struct host *h, const struct iovec *iov, int iovcnt,
+                 uint64_t off)
+{
+    if (h->read_only)
+        return -EROFS;
+    if (!h->direct)
+        return pwritev_full(h, iov, iovcnt, off);
+    if (!request_aligned(h, iov, iovcnt, off))
+        return direct_bounce_write(h, iov, iovcnt, off);
+    pthread_rwlock_rdlock(&h->rmw_lock);
+    int ret = pwritev_full(h, iov, iovcnt, off);
+    pthread_rwlock_unlock(&h->rmw_lock);
     return ret;
 }
 
@@ -194,8 +371,18 @@ int host_zero(struct host *h, uint64_t off, uint64_t len, bool may_unmap)
         return -EROFS;
     if (len == 0)
         return 0;
-    if (h->is_blockdev)
+    if (h->is_blockdev) {
+        if (!h->can_write_zeroes)
+            return -ENOTSUP;
+        /* fallocate on a block device is the kernel's write-zeroes:
+         * PUNCH_HOLE lets the device deallocate, ZERO_RANGE (BLKZEROOUT)
+         * keeps the blocks mapped.  Both read back as zeros. */
+        if (may_unmap &&
+            fallocate(h->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                      (off_t)off, (off_t)len) == 0)
+            return 0;
         return blkdev_range_ioctl(h, BLKZEROOUT, off, len);
+    }
 
     /* A hole reads as zeros and frees space; otherwise keep the blocks
      * allocated (a later write will not need to allocate). */
@@ -232,7 +419,8 @@ int host_discard(struct host *h, uint64_t off, uint64_t len)
     if (len == 0)
         return 0;
     if (h->is_blockdev)
-        return blkdev_range_ioctl(h, BLKDISCARD, off, len);
+        return h->can_discard ? blkdev_range_ioctl(h, BLKDISCARD, off, len)
+                              : -ENOTSUP;
     if (!h->can_punch_hole)
         return -ENOTSUP;
     if (fallocate(h->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,

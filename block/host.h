@@ -20,22 +20,37 @@
 
 #include "image.h"
 
+#include <pthread.h>
+
 struct host {
     int fd;
     bool is_blockdev;
     bool read_only;
-    /* Block devices: logical block size from BLKSSZGET.  Files: 1. */
+    bool direct;                  /* O_DIRECT: bypass the page cache */
+    /* Smallest unit of I/O: the device's logical block size, or for
+     * O_DIRECT on a file what the filesystem demands.  Buffered files: 1. */
     uint32_t logical_block_size;
+    uint32_t mem_align;           /* O_DIRECT buffer alignment */
     /* What the storage can do, probed at open. */
     bool can_punch_hole;          /* files: FALLOC_FL_PUNCH_HOLE */
     atomic_bool can_zero_range;   /* files: FALLOC_FL_ZERO_RANGE; cleared
                                    * when the filesystem says no */
+    bool can_write_zeroes;        /* devices: zeroing without data transfer */
+    bool can_discard;             /* devices: BLKDISCARD */
+    /* O_DIRECT: unaligned writes read-modify-write whole blocks, so they
+     * exclude every other write (held shared by aligned ones). */
+    pthread_rwlock_t rmw_lock;
 };
 
-/* Open path read-write (or read-only).  Refuses anything that is neither a
- * regular file nor a block device.  On failure writes one line naming the
- * cause into err. */
-int host_open(struct host *h, const char *path, bool read_only,
+/* Flags for host_open(). */
+#define HOST_READ_ONLY (1u << 0)
+#define HOST_DIRECT    (1u << 1)  /* O_DIRECT; unaligned I/O is bounced */
+
+/* Open path (flags: HOST_*).  Refuses anything that is neither a regular
+ * file nor a block device; opens block devices exclusively (O_EXCL), so a
+ * mounted or otherwise held device is refused.  On failure writes one line
+ * naming the cause into err. */
+int host_open(struct host *h, const char *path, unsigned flags,
               char *err, size_t errlen);
 void host_close(struct host *h);
 

@@ -101,6 +101,7 @@ struct image_open_opts {
     const char *path;       /* host path: regular file or block device */
     const char *format;     /* "raw" or "qcow2"; never guessed */
     bool read_only;
+    bool direct_io;         /* O_DIRECT on the host (cache=none, directsync) */
     /* Backing files must resolve inside this directory tree; NULL means
      * the top image's own directory.  "/" allows anything. */
     const char *backing_root;

@@ -90,7 +90,9 @@ int raw_open(const struct image_open_opts *opts, struct image **out,
         snprintf(err, errlen, "out of memory");
         return -ENOMEM;
     }
-    int ret = host_open(&r->host, opts->path, opts->read_only, err, errlen);
+    unsigned flags = (opts->read_only ? HOST_READ_ONLY : 0) |
+                     (opts->direct_io ? HOST_DIRECT : 0);
+    int ret = host_open(&r->host, opts->path, flags, err, errlen);
     if (ret < 0) {
         free(r);
         return ret;
@@ -110,10 +112,15 @@ int raw_open(const struct image_open_opts *opts, struct image **out,
         .cluster_size = 0,
         .request_alignment = r->host.logical_block_size,
         .read_only = opts->read_only,
-        .can_zero = r->host.is_blockdev || r->host.can_punch_hole,
-        .can_discard = r->host.is_blockdev || r->host.can_punch_hole,
-        /* A punched hole reads as zeros; a discarded device block may not
-         * (issue 5 probes the device). */
+        /* Files: holes.  Devices: the kernel's write-zeroes, where the
+         * device has it (sysfs write_zeroes_max_bytes). */
+        .can_zero = r->host.is_blockdev ? r->host.can_write_zeroes
+                                        : r->host.can_punch_hole,
+        .can_discard = r->host.is_blockdev ? r->host.can_discard
+                                           : r->host.can_punch_hole,
+        /* A punched hole reads as zeros.  What a device returns after
+         * BLKDISCARD is not promised (Linux no longer reports it), so on
+         * devices scsi/ unmaps through zeroing instead. */
         .discard_zeroes = !r->host.is_blockdev && r->host.can_punch_hole,
     };
     *out = &r->img;

@@ -42,6 +42,23 @@ static int opt_format(struct qlun_config *cfg, const char *v)
     return 0;
 }
 
+static int opt_cache(struct qlun_config *cfg, const char *v)
+{
+    static const char *const names[] = {
+        [QLUN_CACHE_WRITEBACK] = "writeback",
+        [QLUN_CACHE_WRITETHROUGH] = "writethrough",
+        [QLUN_CACHE_NONE] = "none",
+        [QLUN_CACHE_DIRECTSYNC] = "directsync",
+    };
+    for (size_t i = 0; i < ARRAY_SIZE(names); i++) {
+        if (strcmp(v, names[i]) == 0) {
+            cfg->cache = (enum qlun_cache)i;
+            return 0;
+        }
+    }
+    return -EINVAL;
+}
+
 static int opt_readonly(struct qlun_config *cfg, const char *v)
 {
     return parse_bool(v, &cfg->read_only);
@@ -115,6 +132,7 @@ static const struct {
 } options[] = {
     { "format", opt_format },
     { "readonly", opt_readonly },
+    { "cache", opt_cache },
     { "serial", opt_serial },
     { "backing_root", opt_backing_root },
     { "soft_threshold", opt_soft_threshold },
@@ -147,7 +165,7 @@ static int apply_option(struct qlun_config *cfg, char *opt, unsigned *seen,
         return 0;
     }
     snprintf(err, errlen, "unknown option '%s' (known: format, readonly, "
-             "serial, backing_root, soft_threshold, stats)", opt);
+             "cache, serial, backing_root, soft_threshold, stats)", opt);
     return -EINVAL;
 }
 

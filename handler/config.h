@@ -14,10 +14,20 @@
 #define QLUN_SUBTYPE "qlun"
 #define QLUN_SERIAL_MAX 40
 
+/* Cache modes, as QEMU means them: whether the host page cache is used,
+ * and whether the LUN starts with its write cache enabled (WCE). */
+enum qlun_cache {
+    QLUN_CACHE_WRITEBACK,    /* page cache, WCE=1 (the default) */
+    QLUN_CACHE_WRITETHROUGH, /* page cache, WCE=0: every write durable */
+    QLUN_CACHE_NONE,         /* O_DIRECT, WCE=1 */
+    QLUN_CACHE_DIRECTSYNC,   /* O_DIRECT, WCE=0 */
+};
+
 struct qlun_config {
     char path[PATH_MAX];          /* absolute path of the image */
     char format[8];               /* "raw" or "qcow2" (default) */
     bool read_only;               /* readonly=on */
+    enum qlun_cache cache;        /* cache= */
     char serial[QLUN_SERIAL_MAX + 1]; /* serial=; "" = LIO's unit serial */
     char backing_root[PATH_MAX];  /* backing_root=; "" = image's directory */
     /* soft_threshold=: host usage that raises UNIT ATTENTION 38/07 once;

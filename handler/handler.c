@@ -14,21 +14,11 @@
 #include "libtcmu.h"
 #include "tcmur_device.h"
 
-#include "block/image.h"
-#include "handler/config.h"
-#include "handler/stats_file.h"
-#include "scsi/scsi.h"
+#include "handler/device.h"
 
 /* Worker threads per LUN: enough to keep a qcow2 image busy while some
  * commands wait on allocation or flush. */
 #define QLUN_WORKER_THREADS 8
-
-struct qlun_dev {
-    struct qlun_config cfg;
-    struct image *img;
-    struct scsi_lun *lun;
-    struct stats_file *stats;
-};
 
 static bool qlun_check_config(const char *cfgstring, char **reason)
 {
@@ -43,133 +33,33 @@ static bool qlun_check_config(const char *cfgstring, char **reason)
     return true;
 }
 
-/* The LUN's serial: the cfgstring's serial=, else the unit serial LIO
- * generated for the backstore (stable across saveconfig/restoreconfig),
- * else a digest of the image path. */
-static void pick_serial(struct tcmu_device *dev, const struct qlun_config *cfg,
-                        char *out, size_t size)
-{
-    if (cfg->serial[0]) {
-        snprintf(out, size, "%s", cfg->serial);
-        return;
-    }
-    char *wwn = tcmu_cfgfs_dev_get_wwn(dev);
-    if (wwn && wwn[0]) {
-        /* A UUID; keep its hex digits so the serial has no dashes. */
-        size_t n = 0;
-        for (const char *p = wwn; *p && n + 1 < size && n < QLUN_SERIAL_MAX; p++)
-            if (*p != '-')
-                out[n++] = *p;
-        out[n] = '\0';
-        free(wwn);
-        return;
-    }
-    free(wwn);
-    uint64_t h = 0xcbf29ce484222325ull;
-    for (const char *p = cfg->path; *p; p++)
-        h = (h ^ (uint8_t)*p) * 0x100000001b3ull;
-    snprintf(out, size, "%016" PRIx64, h);
-}
-
-/* Free everything; returns the image's close status (a clean close
- * flushes and, for qcow2, clears the dirty state). */
-static int qlun_dev_free(struct qlun_dev *q)
-{
-    if (!q)
-        return 0;
-    stats_file_stop(q->stats);
-    scsi_lun_free(q->lun);
-    int ret = image_close(q->img);
-    free(q);
-    return ret;
-}
-
 static int qlun_open(struct tcmu_device *dev, bool reopen)
 {
-    char err[512];
-    struct qlun_dev *q = calloc(1, sizeof(*q));
-    int ret;
-
-    if (!q)
-        return -ENOMEM;
-    ret = qlun_config_parse(tcmu_dev_get_cfgstring(dev), &q->cfg, err,
-                            sizeof(err));
-    if (ret < 0) {
-        tcmu_dev_err(dev, "qlun: bad cfgstring: %s\n", err);
-        goto fail;
-    }
-
-    uint32_t block_size = tcmu_dev_get_block_size(dev);
-    uint64_t num_blocks = tcmu_dev_get_num_lbas(dev);
-    if (block_size != 512 && block_size != 4096) {
-        tcmu_dev_err(dev, "qlun: hw_block_size %u not supported (use 512 or "
-                     "4096)\n", block_size);
-        ret = -EINVAL;
-        goto fail;
-    }
-
-    struct image_open_opts opts = {
-        .path = q->cfg.path,
-        .format = q->cfg.format,
-        .read_only = q->cfg.read_only,
-        .backing_root = q->cfg.backing_root[0] ? q->cfg.backing_root : NULL,
-    };
-    ret = image_open(&opts, &q->img, err, sizeof(err));
-    if (ret < 0) {
-        tcmu_dev_err(dev, "qlun: cannot open image: %s\n", err);
-        goto fail;
-    }
-    uint64_t lun_bytes = num_blocks * block_size;
-    if (num_blocks == 0 || q->img->size < lun_bytes) {
-        tcmu_dev_err(dev, "qlun: %s is %" PRIu64 " bytes, smaller than the "
-                     "LUN size %" PRIu64 " bytes; create the backstore with "
-                     "size <= the image's virtual size\n",
-                     q->cfg.path, q->img->size, lun_bytes);
-        ret = -EINVAL;
-        goto fail;
-    }
-
-    char serial[QLUN_SERIAL_MAX + 1];
-    pick_serial(dev, &q->cfg, serial, sizeof(serial));
-    struct scsi_lun_config lc = {
-        .img = q->img,
-        .block_size = block_size,
-        .num_blocks = num_blocks,
+    char err[1024];
+    char *wwn = tcmu_cfgfs_dev_get_wwn(dev);
+    struct qlun_dev_params p = {
+        .cfgstring = tcmu_dev_get_cfgstring(dev),
+        .block_size = tcmu_dev_get_block_size(dev),
+        .num_blocks = tcmu_dev_get_num_lbas(dev),
         .max_xfer_blocks = tcmu_dev_get_max_xfer_len(dev),
-        .serial = serial,
-        .read_only = q->cfg.read_only,
-        .write_cache = true,
-        .soft_threshold = q->cfg.soft_threshold_percent
-            ? lun_bytes / 100 * q->cfg.soft_threshold_percent
-            : q->cfg.soft_threshold_bytes,
+        .lio_serial = wwn,
     };
-    ret = scsi_lun_new(&lc, &q->lun);
+    struct qlun_dev *d;
+    int ret = qlun_dev_open(&p, &d, err, sizeof(err));
+    free(wwn);
     if (ret < 0) {
-        tcmu_dev_err(dev, "qlun: cannot create LUN: %s\n", strerror(-ret));
-        goto fail;
+        tcmu_dev_err(dev, "qlun: %s\n", err);
+        return ret;
     }
-    if (strcmp(q->cfg.stats_path, "off") != 0) {
-        char path[PATH_MAX];
-        if (q->cfg.stats_path[0])
-            snprintf(path, sizeof(path), "%s", q->cfg.stats_path);
-        else
-            snprintf(path, sizeof(path), QLUN_STATS_DIR "/%s.json", serial);
-        ret = stats_file_start(q->lun, path, &q->stats);
-        /* Statistics are a convenience: the LUN is served without them. */
-        if (ret < 0)
-            tcmu_dev_warn(dev, "qlun: cannot publish statistics at %s: %s\n",
-                          path, strerror(-ret));
-    }
-    tcmur_dev_set_private(dev, q);
+    if (d->warning[0])
+        tcmu_dev_warn(dev, "qlun: %s\n", d->warning);
+    tcmur_dev_set_private(dev, d);
     tcmu_dev_info(dev, "qlun: serving %s (%s%s), %" PRIu64 " x %u-byte "
-                  "blocks, serial %s\n", q->cfg.path, q->img->info.format,
-                  q->cfg.read_only ? ", read-only" : "", num_blocks,
-                  block_size, serial);
+                  "blocks, serial %s, statistics in %s\n", d->cfg.path,
+                  d->img->info.format, d->cfg.read_only ? ", read-only" : "",
+                  p.num_blocks, p.block_size, d->serial,
+                  d->stats ? d->stats_path : "(none)");
     return 0;
-
-fail:
-    qlun_dev_free(q);
-    return ret;
 }
 
 static void qlun_close(struct tcmu_device *dev)
@@ -180,7 +70,7 @@ static void qlun_close(struct tcmu_device *dev)
         return;
     char path[sizeof(q->cfg.path)];
     strcpy(path, q->cfg.path);
-    int ret = qlun_dev_free(q);
+    int ret = qlun_dev_close(q);
     if (ret < 0)
         tcmu_dev_err(dev, "qlun: closing %s failed: %s\n", path,
                      strerror(-ret));
@@ -243,6 +133,7 @@ static struct tcmur_handler qlun_handler = {
     .name = "qlun: qcow2 and raw images, thin-provisioned",
     .subtype = QLUN_SUBTYPE,
     .cfg_desc = "qlun/<image path>[;format=qcow2|raw][;readonly=on|off]"
+                "[;cache=writeback|writethrough|none|directsync]"
                 "[;serial=S][;backing_root=DIR][;soft_threshold=SIZE|N%]"
                 "[;stats=PATH|off]",
     .check_config = qlun_check_config,

@@ -32,6 +32,18 @@ int main(void)
     /* A trailing separator is harmless. */
     CHECK_EQ(parse("qlun//a.img;format=raw;", &cfg, err), 0);
 
+    /* Cache modes. */
+    CHECK_EQ(parse("qlun//a.img", &cfg, err), 0);
+    CHECK_EQ(cfg.cache, QLUN_CACHE_WRITEBACK);
+    CHECK_EQ(parse("qlun//a.img;cache=none", &cfg, err), 0);
+    CHECK_EQ(cfg.cache, QLUN_CACHE_NONE);
+    CHECK_EQ(parse("qlun//a.img;cache=directsync", &cfg, err), 0);
+    CHECK_EQ(cfg.cache, QLUN_CACHE_DIRECTSYNC);
+    CHECK_EQ(parse("qlun//a.img;cache=writethrough", &cfg, err), 0);
+    CHECK_EQ(cfg.cache, QLUN_CACHE_WRITETHROUGH);
+    CHECK(parse("qlun//a.img;cache=unsafe", &cfg, err) < 0 &&
+          strstr(err, "cache"));
+
     /* Soft threshold: a size with a suffix, or a percentage. */
     CHECK_EQ(parse("qlun//a.img;soft_threshold=10G", &cfg, err), 0);
     CHECK_EQ(cfg.soft_threshold_bytes, 10ull << 30);

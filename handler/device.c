@@ -1,0 +1,144 @@
+/* qlun — opening and closing one LUN. */
+#include "device.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* The LUN's serial: the cfgstring's serial=, else the unit serial LIO
+ * generated for the backstore (stable across saveconfig/restoreconfig),
+ * else a digest of the image path. */
+static void pick_serial(const struct qlun_dev_params *p,
+                        const struct qlun_config *cfg, char *out, size_t size)
+{
+    if (cfg->serial[0]) {
+        snprintf(out, size, "%s", cfg->serial);
+        return;
+    }
+    if (p->lio_serial && p->lio_serial[0]) {
+        /* A UUID: keep its hex digits, so the serial has no dashes. */
+        size_t n = 0;
+        for (const char *s = p->lio_serial;
+             *s && n + 1 < size && n < QLUN_SERIAL_MAX; s++)
+            if (*s != '-')
+                out[n++] = *s;
+        out[n] = '\0';
+        return;
+    }
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (const char *s = cfg->path; *s; s++)
+        h = (h ^ (uint8_t)*s) * 0x100000001b3ull;
+    snprintf(out, size, "%016" PRIx64, h);
+}
+
+int qlun_dev_open(const struct qlun_dev_params *p, struct qlun_dev **out,
+                  char *err, size_t errlen)
+{
+    char why[512];
+    struct qlun_dev *d = calloc(1, sizeof(*d));
+    int ret;
+
+    if (!d) {
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    ret = qlun_config_parse(p->cfgstring, &d->cfg, why, sizeof(why));
+    if (ret < 0) {
+        snprintf(err, errlen, "bad cfgstring: %s", why);
+        goto fail;
+    }
+    if (p->block_size != 512 && p->block_size != 4096) {
+        snprintf(err, errlen, "hw_block_size %u not supported (use 512 or "
+                 "4096)", p->block_size);
+        ret = -EINVAL;
+        goto fail;
+    }
+
+    bool direct = d->cfg.cache == QLUN_CACHE_NONE ||
+                  d->cfg.cache == QLUN_CACHE_DIRECTSYNC;
+    struct image_open_opts opts = {
+        .path = d->cfg.path,
+        .format = d->cfg.format,
+        .read_only = d->cfg.read_only,
+        .direct_io = direct,
+        .backing_root = d->cfg.backing_root[0] ? d->cfg.backing_root : NULL,
+    };
+    ret = image_open(&opts, &d->img, why, sizeof(why));
+    if (ret < 0) {
+        snprintf(err, errlen, "cannot open image: %s", why);
+        goto fail;
+    }
+    uint64_t lun_bytes = p->num_blocks * p->block_size;
+    if (p->num_blocks == 0 || d->img->size < lun_bytes) {
+        snprintf(err, errlen, "%s is %" PRIu64 " bytes, smaller than the LUN "
+                 "size %" PRIu64 " bytes; create the backstore with size <= "
+                 "the image's virtual size", d->cfg.path, d->img->size,
+                 lun_bytes);
+        ret = -EINVAL;
+        goto fail;
+    }
+    /* A LUN block smaller than the device's would need read-modify-write
+     * of device blocks for every write: refuse, and say what would work. */
+    if (d->img->info.request_alignment > p->block_size) {
+        snprintf(err, errlen, "%s has %u-byte logical blocks, larger than the "
+                 "LUN's hw_block_size %u; set hw_block_size=%u", d->cfg.path,
+                 d->img->info.request_alignment, p->block_size,
+                 d->img->info.request_alignment);
+        ret = -EINVAL;
+        goto fail;
+    }
+
+    pick_serial(p, &d->cfg, d->serial, sizeof(d->serial));
+    struct scsi_lun_config lc = {
+        .img = d->img,
+        .block_size = p->block_size,
+        .num_blocks = p->num_blocks,
+        .max_xfer_blocks = p->max_xfer_blocks,
+        .serial = d->serial,
+        .read_only = d->cfg.read_only,
+        .write_cache = d->cfg.cache == QLUN_CACHE_WRITEBACK ||
+                       d->cfg.cache == QLUN_CACHE_NONE,
+        .soft_threshold = d->cfg.soft_threshold_percent
+            ? lun_bytes / 100 * d->cfg.soft_threshold_percent
+            : d->cfg.soft_threshold_bytes,
+    };
+    ret = scsi_lun_new(&lc, &d->lun);
+    if (ret < 0) {
+        snprintf(err, errlen, "cannot create the LUN: %s", strerror(-ret));
+        goto fail;
+    }
+
+    if (strcmp(d->cfg.stats_path, "off") != 0) {
+        if (d->cfg.stats_path[0])
+            snprintf(d->stats_path, sizeof(d->stats_path), "%s",
+                     d->cfg.stats_path);
+        else
+            snprintf(d->stats_path, sizeof(d->stats_path),
+                     QLUN_STATS_DIR "/%s.json", d->serial);
+        ret = stats_file_start(d->lun, d->stats_path, &d->stats);
+        /* Statistics are a convenience: the LUN is served without them. */
+        if (ret < 0)
+            snprintf(d->warning, sizeof(d->warning),
+                     "cannot publish statistics at %s: %s", d->stats_path,
+                     strerror(-ret));
+    }
+    *out = d;
+    return 0;
+
+fail:
+    qlun_dev_close(d);
+    return ret;
+}
+
+int qlun_dev_close(struct qlun_dev *d)
+{
+    if (!d)
+        return 0;
+    stats_file_stop(d->stats);
+    scsi_lun_free(d->lun);
+    int ret = image_close(d->img);
+    free(d);
+    return ret;
+}

@@ -1,0 +1,43 @@
+/* qlun — one served LUN: cfgstring → image → SCSI LUN → statistics.
+ *
+ * Everything the handler does at open and close that does not need
+ * tcmu-runner, so that it can be tested without a kernel.
+ */
+#ifndef QLUN_HANDLER_DEVICE_H
+#define QLUN_HANDLER_DEVICE_H
+
+#include "block/image.h"
+#include "handler/config.h"
+#include "handler/stats_file.h"
+#include "scsi/scsi.h"
+
+/* What the transport (LIO through tcmu-runner) says about the LUN. */
+struct qlun_dev_params {
+    const char *cfgstring;     /* "qlun/<path>[;options]" */
+    uint32_t block_size;       /* hw_block_size */
+    uint64_t num_blocks;       /* backstore size / block_size */
+    uint32_t max_xfer_blocks;  /* hw_max_sectors */
+    const char *lio_serial;    /* LIO's unit serial (a UUID), or NULL */
+};
+
+struct qlun_dev {
+    struct qlun_config cfg;
+    struct image *img;
+    struct scsi_lun *lun;
+    struct stats_file *stats;
+    char serial[QLUN_SERIAL_MAX + 1];
+    char stats_path[PATH_MAX];
+    /* Non-fatal trouble at open (e.g. statistics not published). */
+    char warning[PATH_MAX + 128];
+};
+
+/* Open a LUN.  Returns 0, or a negative errno after writing one line
+ * naming the cause into err. */
+int qlun_dev_open(const struct qlun_dev_params *p, struct qlun_dev **out,
+                  char *err, size_t errlen);
+
+/* Close and free; returns the image's close status (a clean close flushes
+ * and, for qcow2, clears the dirty state).  NULL is a no-op. */
+int qlun_dev_close(struct qlun_dev *d);
+
+#endif

@@ -1,0 +1,117 @@
+/* Unit tests: opening a LUN from a cfgstring (handler/device.c), with no
+ * tcmu-runner: the checks a bad configuration must fail with. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "handler/device.h"
+
+#include "check.h"
+
+static char dir[] = "/tmp/qlun-test-dev-XXXXXX";
+static char err[1024];
+
+static int open_dev(const char *cfg, uint32_t bs, uint64_t blocks,
+                    const char *lio_serial, struct qlun_dev **d)
+{
+    struct qlun_dev_params p = {
+        .cfgstring = cfg, .block_size = bs, .num_blocks = blocks,
+        .max_xfer_blocks = 1024, .lio_serial = lio_serial,
+    };
+    err[0] = '\0';
+    return qlun_dev_open(&p, d, err, sizeof(err));
+}
+
+static void make_file(const char *path, off_t size)
+{
+    int fd = open(path, O_CREAT | O_RDWR | O_TRUNC, 0644);
+    if (fd < 0 || ftruncate(fd, size) < 0)
+        abort();
+    close(fd);
+}
+
+int main(void)
+{
+    char img[256], cfg[1024], stats[256];
+    struct qlun_dev *d;
+
+    if (!mkdtemp(dir))
+        return 1;
+    snprintf(img, sizeof(img), "%s/a.img", dir);
+    snprintf(stats, sizeof(stats), "%s/stats/a.json", dir);
+    make_file(img, 8 << 20);
+
+    /* A good raw LUN: serial from LIO's UUID without dashes; statistics
+     * published where asked. */
+    snprintf(cfg, sizeof(cfg), "qlun/%s;format=raw;stats=%s", img, stats);
+    CHECK_EQ(open_dev(cfg, 512, 16384, "12345678-9abc-def0-1234-56789abcdef0",
+                      &d), 0);
+    if (d) {
+        CHECK(strcmp(d->serial, "123456789abcdef0123456789abcdef0") == 0);
+        CHECK(d->warning[0] == '\0');
+        CHECK_EQ(qlun_dev_close(d), 0);
+    }
+    FILE *f = fopen(stats, "r");
+    CHECK(f != NULL);
+    if (f) {
+        char line[4096] = "";
+        CHECK(fgets(line, sizeof(line), f) != NULL);
+        CHECK(strstr(line, "\"serial\":\"123456789abcdef0123456789abcdef0\""));
+        fclose(f);
+    }
+
+    /* serial= wins over LIO's; the LUN may be smaller than the image. */
+    snprintf(cfg, sizeof(cfg), "qlun/%s;format=raw;serial=disk7;stats=off",
+             img);
+    CHECK_EQ(open_dev(cfg, 4096, 1000, "ffff", &d), 0);
+    if (d) {
+        CHECK(strcmp(d->serial, "disk7") == 0);
+        CHECK(d->stats == NULL);
+        qlun_dev_close(d);
+    }
+
+    /* An image smaller than the LUN. */
+    snprintf(cfg, sizeof(cfg), "qlun/%s;format=raw;stats=off", img);
+    CHECK(open_dev(cfg, 512, 16385, NULL, &d) < 0);
+    CHECK(strstr(err, "8388608 bytes, smaller than the LUN size 8389120"));
+    /* A missing file, a directory, a bad option, a bad block size. */
+    snprintf(cfg, sizeof(cfg), "qlun/%s/none.img;format=raw", dir);
+    CHECK_EQ(open_dev(cfg, 512, 8, NULL, &d), -ENOENT);
+    CHECK(strstr(err, "none.img") && strstr(err, "No such file"));
+    snprintf(cfg, sizeof(cfg), "qlun/%s;format=raw", dir);
+    CHECK(open_dev(cfg, 512, 8, NULL, &d) < 0);
+    CHECK(strstr(err, "neither a regular file nor a block device"));
+    snprintf(cfg, sizeof(cfg), "qlun/%s;format=raw;speed=fast", img);
+    CHECK_EQ(open_dev(cfg, 512, 8, NULL, &d), -EINVAL);
+    CHECK(strstr(err, "unknown option 'speed'"));
+    snprintf(cfg, sizeof(cfg), "qlun/%s;format=raw", img);
+    CHECK_EQ(open_dev(cfg, 1024, 8, NULL, &d), -EINVAL);
+    CHECK(strstr(err, "hw_block_size 1024"));
+
+    /* readonly=on opens the image read-only. */
+    snprintf(cfg, sizeof(cfg), "qlun/%s;format=raw;readonly=on;stats=off", img);
+    CHECK_EQ(open_dev(cfg, 512, 8, NULL, &d), 0);
+    if (d) {
+        CHECK(d->img->info.read_only);
+        qlun_dev_close(d);
+    }
+
+    /* Raw is never guessed: a raw file opened as qcow2 (the default). */
+    snprintf(cfg, sizeof(cfg), "qlun/%s", img);
+    CHECK(open_dev(cfg, 512, 8, NULL, &d) < 0);
+    CHECK(strstr(err, "format=raw") != NULL);
+
+    /* cache=none: O_DIRECT on this filesystem works and the LUN opens. */
+    snprintf(cfg, sizeof(cfg), "qlun/%s;format=raw;cache=none;stats=off", img);
+    CHECK_EQ(open_dev(cfg, 512, 16384, NULL, &d), 0);
+    if (d)
+        qlun_dev_close(d);
+
+    char cmd[512];
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+    if (system(cmd) != 0)
+        fprintf(stderr, "could not remove %s\n", dir);
+    return check_summary("test_device");
+}
