@@ -78,9 +78,15 @@ int qcow2_read_snapshots(struct qcow2 *q, uint32_t nb, uint64_t offset,
             return -EINVAL;
         }
         q->snapshots[i] = (struct snapshot){ l1_off, l1_size };
-        pos += ALIGN_UP((uint64_t)SNAP_FIXED + extra + id_len + name_len, 8);
+        /* QEMU does not pad the last entry in the file: check the bytes
+         * used, count the padded size. */
+        uint64_t used = pos + SNAP_FIXED + extra + id_len + name_len;
+        if (offset + used > q->host_end)
+            pos = MAX_SNAPSHOT_TABLE_BYTES + 1ull;
+        else
+            pos = ALIGN_UP(used, 8);
     }
-    if (pos > MAX_SNAPSHOT_TABLE_BYTES || offset + pos > q->host_end) {
+    if (pos > MAX_SNAPSHOT_TABLE_BYTES) {
         snprintf(err, errlen, "%s: snapshot table (nb_snapshots %" PRIu32
                  ") runs past the end of the image or the size limit",
                  q->path, nb);
