@@ -109,7 +109,15 @@ int host_open(struct host *h, const char *path, unsigned flags,
         return -e;
     }
     if (S_ISBLK(st.st_mode)) {
-        int lbs = 512;
+        int lbs = 512, ro = 0;
+        /* Some kernels let a read-only device be opened for writing and
+         * fail each write instead: ask the device. */
+        if (!read_only && ioctl(fd, BLKROGET, &ro) == 0 && ro) {
+            snprintf(err, errlen, "cannot open %s read-write: the device is "
+                     "read-only (use readonly=on to serve it read-only)", path);
+            close(fd);
+            return -EROFS;
+        }
         h->is_blockdev = true;
         if (ioctl(fd, BLKSSZGET, &lbs) < 0)
             lbs = 512;

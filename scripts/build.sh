@@ -13,6 +13,7 @@ if [ "$what" != --asan-only ]; then
 fi
 if [ "$what" != --handler-only ]; then
     cmake -S "$repo" -B "$repo/build-asan" -DCMAKE_BUILD_TYPE=Debug \
-          -DQLUN_SANITIZE=ON -DQLUN_BUILD_HANDLER=OFF >/dev/null
+          -DQLUN_SANITIZE=ON -DQLUN_BUILD_HANDLER=OFF \
+          -DQLUN_E2E_REQUIRED="${QLUN_E2E_REQUIRED:-OFF}" >/dev/null
     cmake --build "$repo/build-asan" -j "$jobs"
 fi
