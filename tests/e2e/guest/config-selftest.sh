@@ -33,10 +33,10 @@ if rig_check "1: CHAP login" rig_login "$IQN1"; then
 fi
 rig_clearconfig
 
-# ---- (2) two LUNs plus the libiscsi ACLs (LUN 1 is qcow2 when QLUN_E2E_QCOW2=1) ---------------------------
+# ---- (2) two LUNs plus the libiscsi ACLs (LUN 1 is qcow2 unless QLUN_E2E_QCOW2=0) ---------------------------
 IQN2=iqn.2024-01.io.qlun:multi
 truncate -s 16M "$RIG_DATA/m0.img"
-if [ "${QLUN_E2E_QCOW2:-0}" = 1 ]; then
+if [ "${QLUN_E2E_QCOW2:-1}" = 1 ]; then
     M1=$RIG_DATA/m1.qcow2 M1FMT=qcow2; qemu-img create -q -f qcow2 "$M1" 48M
 else
     M1=$RIG_DATA/m1.img M1FMT=raw; truncate -s 48M "$M1"

@@ -58,5 +58,6 @@ elif [ "$FMT" = qcow2 ] && qemu-img convert -f qcow2 -O raw "$IMG" /tmp/demo.raw
 else
     say "  image file   : does NOT hold the written data"; ok=0
 fi
+say "image after    : $(stat -c %s "$IMG") bytes apparent, $(du -k "$IMG" | cut -f1) KiB allocated"
 say "==========================================="
 [ $ok = 1 ]

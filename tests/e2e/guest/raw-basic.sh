@@ -153,6 +153,26 @@ if rig_check "B: login" rig_login "$IQN_B"; then
         bash -c "dd if='$DEV' bs=4096 skip=$last count=1 iflag=direct status=none | cmp - /tmp/last.bin"
     rig_check "B: reading past the end fails cleanly" \
         bash -c "! dd if='$DEV' bs=4096 skip=$((last + 1)) count=1 iflag=direct status=none 2>/dev/null | grep -q ."
+    # thin provisioning: 4 MiB written at 1 GiB allocates, discarding it deallocates
+    sdB=${DEV#/dev/}
+    echo "B: provisioning_mode=$(cat /sys/block/$sdB/device/scsi_disk/*/provisioning_mode 2>/dev/null)" \
+         "discard_max_bytes=$(cat /sys/block/$sdB/queue/discard_max_bytes)"
+    head -c 4194304 /dev/urandom >/tmp/mid.bin
+    a0=$(du -k "$IMG_B" | cut -f1)
+    dd if=/tmp/mid.bin of="$DEV" bs=1M seek=1024 oflag=direct conv=fsync status=none
+    a1=$(du -k "$IMG_B" | cut -f1)
+    [ $((a1 - a0)) -ge 4096 ] && rig_pass "B: 4 MiB write allocates in the backing file (+$((a1 - a0)) KiB)" \
+                              || rig_fail "B: 4 MiB write allocates" "${a0} -> ${a1} KiB"
+    if [ "$(cat /sys/block/$sdB/queue/discard_max_bytes)" -gt 0 ]; then
+        rig_check "B: blkdiscard 4 MiB at 1 GiB" blkdiscard -o $((1 << 30)) -l 4194304 "$DEV"
+        rig_check "B: discarded range reads back as zeroes" \
+            bash -c "dd if='$DEV' bs=1M skip=1024 count=4 iflag=direct status=none | cmp -s - <(head -c 4194304 /dev/zero)"
+        a2=$(du -k "$IMG_B" | cut -f1)
+        [ $((a1 - a2)) -ge 4096 ] && rig_pass "B: discard deallocates in the backing file (-$((a1 - a2)) KiB)" \
+                                  || rig_fail "B: discard deallocates in the backing file" "${a1} -> ${a2} KiB"
+    else
+        rig_fail "B: LUN offers discard (provisioning_mode unmap)" "discard_max_bytes=0"
+    fi
     rig_check "B: logout" rig_logout "$IQN_B"
     rig_clearconfig
     rig_check "B: backing file has the last 4 KiB" \
