@@ -157,12 +157,14 @@ rig_target_up() {
     rig_start_tcmu "$@"
 }
 
-# rig_restoreconfig FILE : clears any existing LIO config first.  targetcli
-# exits 0 even on "recoverable errors", so grep its output too.
+# rig_restoreconfig FILE : clears any existing LIO config first.  Fails on a
+# non-zero exit AND on "recoverable errors" in the output (the target, portal
+# and ACLs are created even when a backstore is not).
 rig_restoreconfig() {
     local out rc
     out=$(targetcli restoreconfig savefile="$1" clear_existing=true 2>&1); rc=$?
     echo "$out"
+    echo "(targetcli restoreconfig exit status $rc)"
     [ "$rc" = 0 ] || return "$rc"
     echo "$out" | grep -qiE 'error|fail|skipped' && return 1
     return 0
