@@ -230,14 +230,20 @@ mkdir -p /data
 mount -o noatime /dev/vda /data || echo "rig-stage2: cannot mount /dev/vda on /data"
 cd /rig
 echo "rig-stage2: $(cut -d' ' -f1 /proc/uptime)s since boot, running $RIG_GUEST_SCRIPT"
-set -o pipefail
-bash "$RIG_GUEST_SCRIPT" "${RIG_GUEST_ARGS[@]}" 2>&1 | tee /rig/guest.log
+# not a pipe: a daemon the script leaves behind with our stdout must not
+# keep us waiting for EOF
+bash "$RIG_GUEST_SCRIPT" "${RIG_GUEST_ARGS[@]}" > >(tee /rig/guest.log) 2>&1 </dev/null
 rc=$?
+sleep 0.5
 echo "rig-stage2: guest script exit status $rc after $(cut -d' ' -f1 /proc/uptime)s"
 echo "$rc" >/rig/status
 sync
+# tidy up whatever the script left running so /data unmounts cleanly (the host
+# may inspect data.img with debugfs afterwards)
+pidof iscsid >/dev/null && timeout 20 iscsiadm -m node --logoutall=all >/dev/null 2>&1
+kill -TERM -1 2>/dev/null; sleep 1; kill -KILL -1 2>/dev/null; sleep 0.2
 cd /
-umount /data 2>/dev/null || { sync; umount -l /data; }
+umount /data 2>/dev/null || { sync; umount -l /data; echo "rig-stage2: /data busy, lazily unmounted"; }
 sync
 off
 EOF

@@ -6,6 +6,8 @@
 #     --libiscsi-acls with iscsi-test-cu/iscsi-inq over CHAP, --no-chap.
 # Exit 0 pass, 1 fail, 77 skip (handler_qlun.so not built / no rig).
 set -u
+# below CTest's 900 s so the rig reports a timeout itself
+export QLUN_RIG_TIMEOUT=${QLUN_RIG_TIMEOUT:-600}
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 MC=$REPO/targetcli-config/make-config.sh

@@ -13,6 +13,8 @@
 # Env: QLUN_HANDLER_DIR, QLUN_BUILD_DIR (default <repo>/build), QLUN_RIG_*
 # (see rig.sh), QLUN_E2E_KEEP=1 keep the work dir, QLUN_E2E_PATTERN_MB (64).
 set -u
+# below CTest's 900 s so the rig reports a timeout itself
+export QLUN_RIG_TIMEOUT=${QLUN_RIG_TIMEOUT:-600}
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 START=$(date +%s)
