@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2034
 # qlun e2e guest-side helpers.  Source from a guest script run by rig.sh:
 #
 #   . "$QLUN_REPO/tests/e2e/lib.sh"
@@ -214,7 +215,7 @@ rig_session_dir() {
 # rig_lun_dev TARGET_IQN [LUN] [TIMEOUT_S] -> /dev/sdX, creating the node from
 # /sys/block/sdX/dev when devtmpfs did not (no udev in the rig)
 rig_lun_dev() {
-    local iqn=$1 lun=${2:-0} tmo=${3:-20} s d b i host
+    local iqn=$1 lun=${2:-0} tmo=${3:-20} s d b i maj min
     for ((i = 0; i < tmo * 5; i++)); do
         if s=$(rig_session_dir "$iqn"); then
             for d in "$s"/device/target*/*:*:*:"$lun"/block/*; do

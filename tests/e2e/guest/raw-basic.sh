@@ -14,7 +14,6 @@
 RIG_REPORT_FILE=$RIG_SHARE/report.txt
 OUT=$RIG_SHARE/out
 mkdir -p "$OUT"
-FMT=${QLUN_E2E_FORMAT:-raw}
 
 HDIR=$(rig_handler_dir)
 if [ -z "$HDIR" ] || [ ! -f "$HDIR/handler_qlun.so" ]; then
