@@ -90,7 +90,11 @@ int qcow2_open_backing(struct qcow2 *q, const char *name, const char *fmt,
     char sub[512];
     int ret = image_open(&o, &q->backing, sub, sizeof(sub));
     if (ret < 0) {
-        snprintf(err, errlen, "%s: backing file: %s", q->path, sub);
+        /* A loop's message comes from the bottom; keep it readable. */
+        if (ret == -ELOOP)
+            snprintf(err, errlen, "%s", sub);
+        else
+            snprintf(err, errlen, "%s: backing file: %s", q->path, sub);
         return ret;
     }
     return 0;
