@@ -35,7 +35,7 @@ static int probe(const char *path, const char **fmt)
     struct host h;
     char err[256];
     uint8_t magic[4];
-    int ret = host_open(&h, path, HOST_FLAGS(true), err, sizeof(err));
+    int ret = host_open(&h, path, HOST_READ_ONLY, err, sizeof(err));
     if (ret < 0)
         return ret;
     ret = host_pread(&h, magic, 4, 0);
@@ -85,6 +85,7 @@ int qcow2_open_backing(struct qcow2 *q, const char *name, const char *fmt,
         .path = real,
         .format = fmt,
         .read_only = true,
+        .direct_io = q->direct_io,
         .backing_root = root,
     };
     char sub[512];

@@ -150,7 +150,11 @@ static int open_image(struct qcow2 *q, const struct image_open_opts *opts,
     char root[PATH_MAX];
     int ret;
 
-    ret = host_open(&q->host, path, HOST_FLAGS(opts->read_only), err, errlen);
+    q->direct_io = opts->direct_io;
+    ret = host_open(&q->host, path,
+                    (opts->read_only ? HOST_READ_ONLY : 0) |
+                        (opts->direct_io ? HOST_DIRECT : 0),
+                    err, errlen);
     if (ret < 0)
         return ret;
     int64_t hsize = host_size(&q->host);

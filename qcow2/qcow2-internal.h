@@ -45,12 +45,6 @@
 
 #define QCOW2_MAGIC 0x514649fbu /* "QFI\xfb" */
 
-/* host_open() takes flags (HOST_READ_ONLY) in newer block/host.h. */
-#ifdef HOST_READ_ONLY
-#define HOST_FLAGS(ro) ((ro) ? HOST_READ_ONLY : 0u)
-#else
-#define HOST_FLAGS(ro) (ro)
-#endif
 
 /* Header field offsets (bytes). */
 #define HDR_BACKING_OFFSET   8
@@ -179,6 +173,7 @@ struct qcow2 {
     uint64_t snapshots_bytes;
 
     struct image *backing;    /* NULL: unallocated reads as zeros */
+    bool direct_io;           /* O_DIRECT, also for the backing chain */
     bool has_backing_name;    /* header names a backing file */
 
     /* Runtime state, under lock. */

@@ -164,13 +164,15 @@ QT_FN bool qt_write_file(const char *path, const void *buf, size_t len)
     return fclose(f) == 0 && ok;
 }
 
+static bool qt_direct_io; /* open with O_DIRECT */
+
 QT_FN int qt_open(const char *path, bool ro, const char *root,
-                   struct image **img)
+                  struct image **img)
 {
     char err[1024] = "";
     struct image_open_opts o = {
         .path = path, .format = "qcow2", .read_only = ro,
-        .backing_root = root,
+        .backing_root = root, .direct_io = qt_direct_io,
     };
     int ret = image_open(&o, img, err, sizeof(err));
     if (ret < 0)
@@ -196,7 +198,9 @@ QT_FN bool qt_compare_image(struct image *img, const uint8_t *expect,
                              const char *what)
 {
     size_t size = img->size;
-    uint8_t *buf = malloc(size ? size : 1);
+    uint8_t *buf = calloc(1, size ? size : 1);
+    if (!buf)
+        return false;
     size_t chunks[] = { 4096, 65536 + 512, 1 << 20, 7 * 512 };
     size_t pos = 0;
     for (int i = 0; pos < size; i++) {

@@ -21,25 +21,28 @@ struct config {
     bool snapshot;     /* an internal snapshot (+ compressed data) first */
     unsigned ops;
     uint64_t max_len;
+    bool direct;       /* O_DIRECT host I/O */
 };
 
 static const struct config configs[] = {
     { "64k-chain", "cluster_size=64k", 24 << 20, 65536, 1, false, 10000,
-      1 << 20 },
+      1 << 20, false },
     { "512-chain", "cluster_size=512", 16 << 20, 512, 1, false, 10000,
-      64 << 10 },
+      64 << 10, false },
     { "4k-v2-chain", "compat=0.10,cluster_size=4k", 16 << 20, 4096, 1, false,
-      10000, 256 << 10 },
+      10000, 256 << 10, false },
     { "extl2-64k-chain", "extended_l2=on", 24 << 20, 65536, 1, false, 10000,
-      1 << 20 },
+      1 << 20, false },
     { "extl2-16k-rc64", "extended_l2=on,cluster_size=16k,refcount_bits=64",
-      16 << 20, 16384, 0, false, 10000, 256 << 10 },
+      16 << 20, 16384, 0, false, 10000, 256 << 10, false },
     { "4k-rc1", "cluster_size=4k,refcount_bits=1", 16 << 20, 4096, 0, false,
-      10000, 128 << 10 },
+      10000, 128 << 10, false },
     { "64k-snapshot-zstd", "compression_type=zstd", 16 << 20, 65536, 0, true,
-      10000, 512 << 10 },
+      10000, 512 << 10, false },
     { "2M-lazy-chain", "cluster_size=2M,lazy_refcounts=on", 64 << 20,
-      2 << 20, 1, false, 3000, 1 << 20 },
+      2 << 20, 1, false, 3000, 1 << 20, false },
+    { "4k-chain-direct", "cluster_size=4k", 16 << 20, 4096, 1, false, 3000,
+      256 << 10, true },
 };
 
 static void create(const struct config *c, const char *dir, char *top,
@@ -143,6 +146,7 @@ static void run(const struct config *c, uint64_t seed, unsigned ops)
     for (const char *p = c->name; *p; p++)
         h = h * 1315423911u + (uint8_t)*p;
     qt_rng_seed(&r, h);
+    qt_direct_io = c->direct;
     qt_mkdtemp(dir, sizeof(dir), c->name);
     create(c, dir, top, sizeof(top));
     uint8_t *model = qt_qemu_raw(top, dir, &n, NULL);
