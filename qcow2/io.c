@@ -1,8 +1,8 @@
 /* qlun — qcow2: guest I/O.
  *
  * Each request first takes a guest range lock over the clusters it
- * touches (shared for reads and block status-free reads, exclusive for
- * anything that may change a mapping).  Then it works cluster by cluster:
+ * touches (shared for reads, exclusive for anything that may change a
+ * mapping; block status takes none: its answer is a snapshot anyway).  Then it works cluster by cluster:
  * look the mapping up under q->lock, drop the lock for the data I/O, and
  * retake it only to link a new cluster.
  *

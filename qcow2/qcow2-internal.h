@@ -20,9 +20,10 @@
  * I/O (tables, header) is done with it held; guest data I/O (preadv and
  * pwritev of data clusters, backing reads, decompression) never is.
  * A guest range lock (io.c) keeps requests on overlapping guest clusters
- * apart: readers share, writers/zeroers/discarders are exclusive, so a read
- * never sees an allocation half done and a host cluster is never freed while
- * a request still uses it.
+ * apart: reads share it, writes/zeroes/discards take it exclusively.  So
+ * two allocating writes to one cluster are serialised, a read never sees an
+ * allocation half done, and a host cluster is never freed (its L2 entry
+ * changed) while a request on that guest cluster still uses it.
  *
  * Crash ordering (see /work/shared/notes/qcow2.md):
  *   - data is written (pwritev returned) before the L2 entry is updated in
@@ -266,7 +267,8 @@ int qcow2_get_refcount(struct qcow2 *q, uint64_t ci, uint64_t *rc);
 int qcow2_update_refcount(struct qcow2 *q, uint64_t ci, int64_t delta);
 /* Allocate between 1 and n contiguous free clusters (refcount := 1);
  * returns their host byte offset in *off and the count (> 0), or -ENOSPC
- * (devices: nothing free below the device end), or another error. */
+ * (devices: nothing free below the device end, even after applying the
+ * queued frees), or another error.  Nothing may be pinned in the caches. */
 int64_t qcow2_alloc_clusters(struct qcow2 *q, uint64_t n, uint64_t *off);
 /* Queue a refcount decrement for the host clusters an L2/L1 entry used;
  * applied by qcow2_meta_sync() once the entry dropping them is durable.

@@ -277,7 +277,23 @@ int qcow2_update_refcount(struct qcow2 *q, uint64_t ci, int64_t delta)
     return 0;
 }
 
+static int64_t alloc_clusters(struct qcow2 *q, uint64_t n, uint64_t *off);
+
 int64_t qcow2_alloc_clusters(struct qcow2 *q, uint64_t n, uint64_t *off)
+{
+    int64_t ret = alloc_clusters(q, n, off);
+    /* Full (a device, or a filesystem with no room)?  Clusters freed by
+     * discards may still be queued: make them free and try once more. */
+    if (ret == -ENOSPC && q->npending > 0) {
+        int r = qcow2_meta_sync(q);
+        if (r < 0)
+            return r;
+        ret = alloc_clusters(q, n, off);
+    }
+    return ret;
+}
+
+static int64_t alloc_clusters(struct qcow2 *q, uint64_t n, uint64_t *off)
 {
     assert(n > 0);
     uint64_t k = q->free_hint, rc, boff;
@@ -395,11 +411,13 @@ int qcow2_l2_pre_write(struct qcow2 *q)
 
 int qcow2_meta_sync(struct qcow2 *q)
 {
+    bool l2_dirty = cache_has_dirty(q->l2_cache);
     int ret = qcow2_l2_pre_write(q);
-    if (ret == 0)
+    if (ret == 0 && l2_dirty) {
         ret = cache_writeback(q->l2_cache, true);
-    if (ret == 0)
-        ret = host_flush(&q->host);
+        if (ret == 0)
+            ret = host_flush(&q->host);
+    }
     if (ret == 0 && q->npending) {
         ret = apply_pending(q);
         if (ret == 0 && !q->lazy)

@@ -414,6 +414,26 @@ int main(void)
     else
         QT_FAIL("read-only open of a corrupt-marked image: %s", err);
 
+    /* Unknown autoclear bits: kept by a read-only open, cleared before
+     * the first write. */
+    snprintf(path, sizeof(path), "%s/autoclear.qcow2", dir);
+    make(path, "cluster_size=64k");
+    put(path, HDR_AUTOCLEAR, 1ull << 33, 8);
+    if (try_open(path, true, NULL, &img, err, sizeof(err)) == 0)
+        image_close(img);
+    QT_CHECK(get(path, HDR_AUTOCLEAR, 8) == 1ull << 33);
+    if (try_open(path, false, NULL, &img, err, sizeof(err)) == 0) {
+        QT_CHECK(get(path, HDR_AUTOCLEAR, 8) == 1ull << 33);
+        uint8_t b[512] = { 7 };
+        QT_CHECK(image_write(img, b, sizeof(b), 3 << 20, 0) == 0);
+        QT_CHECK(get(path, HDR_AUTOCLEAR, 8) == 0);
+        QT_CHECK(image_close(img) == 0);
+        QT_CHECK(qt_check(path) == 0);
+        printf("%-28s cleared before the first write\n", "autoclear");
+    } else {
+        QT_FAIL("autoclear: open: %s", err);
+    }
+
     feature_name_case();
     backing_cases();
 
