@@ -217,7 +217,7 @@ mount -t tmpfs -o mode=1777 tmpfs /dev/shm
 ln -sf /proc/self/fd /dev/fd; ln -sf /proc/self/fd/0 /dev/stdin
 ln -sf /proc/self/fd/1 /dev/stdout; ln -sf /proc/self/fd/2 /dev/stderr
 mkdir -p /run/lock/iscsi /run/dbus /run/user /var/tmp /var/lock
-mountpoint -q /sys/kernel/config || { modprobe configfs; mount -t configfs configfs /sys/kernel/config; }
+mountpoint -q /sys/kernel/config || { echo "rig-stage2: mounting configfs"; modprobe configfs; mount -t configfs configfs /sys/kernel/config; }
 mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
 hostname qlun-rig
 echo qlun-rig >/etc/hostname
