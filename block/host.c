@@ -196,17 +196,21 @@ int host_pwrite(struct host *h, const void *buf, size_t len, uint64_t off)
 }
 
 /* preadv/pwritev may transfer less than asked (signals, huge requests, end
- * of file).  These loops advance a private copy of the iovec until done. */
-static int preadv_full(struct host *h, const struct iovec *iov, int iovcnt,
-                       uint64_t off)
+ * of file or device).  This loop advances a private copy of the iovec until
+ * done.  Reading past end of file gives zeros; writing past the end of a
+ * device is ENOSPC. */
+static int rw_full(struct host *h, const struct iovec *iov, int iovcnt,
+                   uint64_t off, bool write)
 {
     struct iov_cursor cur;
     int ret = iov_cursor_init(&cur, iov, iovcnt);
     if (ret < 0)
         return ret;
     while (!iov_cursor_done(&cur)) {
-        ssize_t n = preadv(h->fd, iov_cursor_vec(&cur), iov_cursor_cnt(&cur),
-                           (off_t)off);
+        const struct iovec *v = iov_cursor_vec(&cur);
+        int cnt = iov_cursor_cnt(&cur);
+        ssize_t n = write ? pwritev(h->fd, v, cnt, (off_t)off)
+                          : preadv(h->fd, v, cnt, (off_t)off);
         if (n < 0) {
             if (errno == EINTR)
                 continue;
@@ -214,8 +218,10 @@ static int preadv_full(struct host *h, const struct iovec *iov, int iovcnt,
             break;
         }
         if (n == 0) {
-            /* End of file: the rest reads as zeros. */
-            iov_cursor_zero_rest(&cur);
+            if (write)
+                ret = -ENOSPC;
+            else
+                iov_cursor_zero_rest(&cur);
             break;
         }
         iov_cursor_advance(&cur, (size_t)n);
@@ -225,32 +231,16 @@ static int preadv_full(struct host *h, const struct iovec *iov, int iovcnt,
     return ret;
 }
 
-static int pwritev_full(struct host *h, const struct iovec *iov, int iovcnt,
+static int preadv_full(struct host *h, const struct iovec *iov, int iovcnt,
                        uint64_t off)
 {
-    struct iov_cursor cur;
-    int ret = iov_cursor_init(&cur, iov, iovcnt);
-    if (ret < 0)
-        return ret;
-    while (!iov_cursor_done(&cur)) {
-        ssize_t n = pwritev(h->fd, iov_cursor_vec(&cur), iov_cursor_cnt(&cur),
-                            (off_t)off);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            ret = -errno;
-            break;
-        }
-        if (n == 0) {
-            /* A device end: nothing more fits. */
-            ret = -ENOSPC;
-            break;
-        }
-        iov_cursor_advance(&cur, (size_t)n);
-        off += (uint64_t)n;
-    }
-    iov_cursor_free(&cur);
-    return ret;
+    return rw_full(h, iov, iovcnt, off, false);
+}
+
+static int pwritev_full(struct host *h, const struct iovec *iov, int iovcnt,
+                        uint64_t off)
+{
+    return rw_full(h, iov, iovcnt, off, true);
 }
 
 /* --- O_DIRECT: requests that are not aligned go through a bounce buffer.
