@@ -109,6 +109,40 @@ int main(void)
     if (d)
         qlun_dev_close(d);
 
+    /* Every cache mode opens; WCE in the caching mode page says whether
+     * the LUN starts with its write cache on (writeback, none) or off
+     * (writethrough, directsync: every write durable before GOOD). */
+    static const struct { const char *mode; bool wce; } modes[] = {
+        { "writeback", true }, { "none", true },
+        { "writethrough", false }, { "directsync", false },
+    };
+    for (size_t i = 0; i < sizeof(modes) / sizeof(modes[0]); i++) {
+        snprintf(cfg, sizeof(cfg), "qlun/%s;format=raw;cache=%s;stats=off",
+                 img, modes[i].mode);
+        CHECK_EQ(open_dev(cfg, 512, 16384, NULL, &d), 0);
+        if (!d)
+            continue;
+        uint8_t cdb[6] = { 0x1a, 0x08, 0x08, 0, 64, 0 }, page[64];
+        struct iovec iov = { page, sizeof(page) };
+        struct scsi_cmd c = { .cdb = cdb, .cdb_len = 6, .iov = &iov,
+                              .iovcnt = 1 };
+        CHECK_EQ(scsi_lun_exec(d->lun, &c), SCSI_STATUS_GOOD);
+        CHECK_EQ(page[4] == 0x08 && (page[6] & 0x04) != 0, modes[i].wce);
+        /* And a write goes through in this mode. */
+        uint8_t w10[10] = { 0x2a, 0x08, 0, 0, 0, 5, 0, 0, 1, 0 }, blk[512];
+        memset(blk, (int)i + 1, sizeof(blk));
+        struct iovec wv = { blk, sizeof(blk) };
+        struct scsi_cmd wc = { .cdb = w10, .cdb_len = 10, .iov = &wv,
+                               .iovcnt = 1 };
+        CHECK_EQ(scsi_lun_exec(d->lun, &wc), SCSI_STATUS_GOOD);
+        CHECK_EQ(qlun_dev_close(d), 0);
+        uint8_t back[512];
+        int fd = open(img, O_RDONLY);
+        CHECK_EQ(pread(fd, back, 512, 5 * 512), 512);
+        close(fd);
+        CHECK(memcmp(back, blk, 512) == 0);
+    }
+
     char cmd[512];
     snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
     if (system(cmd) != 0)
