@@ -95,6 +95,12 @@ int scsi_data_in(struct scsi_cmd *cmd, const void *buf, size_t len,
 {
     size_t n = MIN(len, alloc_len);
     cmd->data_in_len = iov_from_buf(cmd->iov, cmd->iovcnt, 0, buf, n);
+    /* The whole buffer goes back to the initiator (TCMU reports no
+     * residual), and it is shared memory that held other commands' data:
+     * zero what we did not fill, or we leak it. */
+    size_t total = iov_size(cmd->iov, cmd->iovcnt);
+    iov_memset(cmd->iov, cmd->iovcnt, cmd->data_in_len, 0,
+               total - cmd->data_in_len);
     return SCSI_STATUS_GOOD;
 }
 

@@ -40,7 +40,8 @@ struct scsi_cmd {
     int iovcnt;
     uint8_t sense[SCSI_SENSE_MAX];
     size_t sense_len;      /* bytes of sense valid after CHECK CONDITION */
-    size_t data_in_len;    /* bytes of data-in produced */
+    size_t data_in_len;    /* bytes of data-in produced; the rest of the
+                            * buffer is zeroed (never stale) */
 };
 
 /* What the handler knows about a LUN when it creates it. */

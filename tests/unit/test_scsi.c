@@ -97,6 +97,21 @@ static void test_inquiry(struct scsi_lun *lun)
     CHECK_EQ(last.data_in_len, 5);
     c[4] = 255;
 
+    /* A buffer longer than the reply: the rest is zeroed, not left with
+     * whatever the shared data area held before (a leak). */
+    uint8_t big[260];
+    memset(big, 0xaa, sizeof(big));
+    c[3] = 1;
+    c[4] = 4;                                  /* allocation length 260 */
+    CHECK_EQ(run(lun, c, 6, big, sizeof(big)), SCSI_STATUS_GOOD);
+    CHECK_EQ(last.data_in_len, 96);
+    bool clean = true;
+    for (size_t i = 96; i < sizeof(big); i++)
+        clean &= big[i] == 0;
+    CHECK(clean);
+    c[3] = 0;
+    c[4] = 255;
+
     /* A page code without EVPD is invalid. */
     c[2] = 0x80;
     CHECK_SENSE(run(lun, c, 6, b, sizeof(b)), 5, 0x2400);
