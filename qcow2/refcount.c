@@ -554,7 +554,7 @@ int qcow2_rebuild_refcounts(struct qcow2 *q, char *err, size_t errlen)
             goto fail;
         }
         free(pos);
-        pos = calloc(nb, sizeof(*pos));
+        pos = calloc(nb + 1, sizeof(*pos)); /* blocks, then the table */
         if (!pos) {
             ret = -ENOMEM;
             goto fail;
@@ -586,11 +586,6 @@ int qcow2_rebuild_refcounts(struct qcow2 *q, char *err, size_t errlen)
         }
         uint64_t need = DIV_ROUND_UP(c.used, N);
         if (need <= nb) {
-            pos = realloc(pos, (nb + 1) * sizeof(*pos)); /* keep tstart */
-            if (!pos) {
-                ret = -ENOMEM;
-                goto fail;
-            }
             pos[nb] = tstart;
             break;
         }

@@ -63,6 +63,10 @@ static const struct config configs[] = {
     { "chain3-4k-extl2", "cluster_size=16k,extended_l2=on", 12 << 20, 16384,
       false, true, 3, false },
     { "probe-no-backing-fmt", "", 8 << 20, 65536, false, false, 4, false },
+    { "odd-size-raw-base", "", (5 << 20) + 1536, 65536, true, false, 1,
+      false },
+    { "extl2-2M", "extended_l2=on,cluster_size=2M", 64 << 20, 2 << 20, true,
+      true, 0, false },
 };
 
 static void qemu_io(const char *dir, const char *img, const char *cmds)
