@@ -32,6 +32,15 @@
  *   - a new or copied L2 table is written and flushed before its L1 entry;
  *   - refcount decreases are queued (pending frees) and applied only after
  *     the L2/L1 change that dropped the reference is durable (meta sync).
+ *
+ * Memory.  Fixed, whatever the image size: the L2 cache holds at most
+ * max(8, min(512, 4 MiB / cluster_size)) tables, the refcount cache
+ * max(4, min(512, 1 MiB / cluster_size)) blocks (4 MiB + 1 MiB with 64 KiB
+ * clusters).  Proportional: the L1 table (8 bytes per L2 table: 16 KiB per
+ * TiB of virtual size with 64 KiB clusters) and the refcount table (8 bytes
+ * per refcount block: 4 KiB per TiB of host with 64 KiB clusters, 16-bit
+ * refcounts).  A rebuild (dirty image) needs 4 bytes per host cluster while
+ * it runs.
  */
 #ifndef QLUN_QCOW2_INTERNAL_H
 #define QLUN_QCOW2_INTERNAL_H
