@@ -148,6 +148,10 @@ int sbc_read(struct scsi_lun *lun, struct scsi_cmd *cmd)
     if (ret < 0)
         return scsi_fail_errno(cmd, ret, r.lba, false);
     cmd->data_in_len = len;
+    /* A buffer longer than the transfer goes back whole: no stale bytes. */
+    size_t total = iov_size(cmd->iov, cmd->iovcnt);
+    if (total > len)
+        iov_memset(cmd->iov, cmd->iovcnt, len, 0, total - len);
     scsi_stat_add(lun, bytes_read, len);
     return SCSI_STATUS_GOOD;
 }
