@@ -313,6 +313,47 @@ static uint32_t sc_mask(unsigned a, unsigned b) /* subclusters [a, b) */
     return (uint32_t)(((1ull << b) - 1) & ~((1ull << a) - 1));
 }
 
+/* Does every part of the subclusters in new_alloc outside [a, b) read
+ * as zeros now (old entry e, not compressed)? */
+static bool cow_reads_zero(const struct qcow2 *q, uint64_t gc,
+                           const struct l2e *e, uint32_t new_alloc,
+                           uint64_t a, uint64_t b)
+{
+    const uint64_t scs = q->sc_size;
+    if (e->compressed)
+        return false;
+    for (unsigned sc = 0; sc < q->subclusters; sc++) {
+        uint64_t lo = sc * scs, hi = lo + scs;
+        if (!(new_alloc & (1u << sc)) || (a <= lo && hi <= b))
+            continue;
+        switch (qcow2_sc_kind(q, e, sc)) {
+        case SC_ZERO:
+            break;
+        case SC_UNALLOC:
+            /* Zeros without a backing file, or past its end. */
+            if (q->backing &&
+                (gc << q->cluster_bits) + lo < q->backing->size)
+                return false;
+            break;
+        default:
+            return false;
+        }
+    }
+    return true;
+}
+
+/* Is zeroing a new cluster with host_zero() and then writing only the
+ * request cheaper than writing the whole cluster?  On regular files with
+ * FALLOC_FL_ZERO_RANGE, yes (like QEMU's handle_alloc_space).  Not on block
+ * devices: write-zeroes there is synchronous device I/O, while the buffered
+ * write is not.  With O_DIRECT the request must be block-aligned, or the
+ * host would read-modify-write around it. */
+static bool zero_cheaply(struct qcow2 *q, uint64_t a, uint64_t b)
+{
+    return !q->host.is_blockdev && atomic_load(&q->host.can_zero_range) &&
+           IS_ALIGNED(a | b, (uint64_t)q->host.logical_block_size);
+}
+
 /* Write request bytes [a, b) of guest cluster gc from iov (already sliced
  * to exactly those bytes).  Range lock held, q->lock not. */
 static int write_cluster(struct qcow2 *q, uint64_t gc, uint64_t a,
@@ -392,28 +433,55 @@ static int write_cluster(struct qcow2 *q, uint64_t gc, uint64_t a,
     } else if (q->extended_l2) {
         new_alloc |= e.alloc; /* keep the subclusters that had data */
     }
-    if (a == 0 && b == cs) {
-        ret = host_pwritev(&q->host, iov, iovcnt, h);
+    /* The new cluster must hold valid data in every subcluster of
+     * new_alloc, i.e. somewhere in [lo, hi); whatever lies between those
+     * subclusters or outside them is never read (their bitmap bits say
+     * unallocated), so it need not be written.  Without extended L2 this
+     * is the whole cluster. */
+    unsigned lo_sc = (unsigned)__builtin_ctz(new_alloc);
+    unsigned hi_sc = 32u - (unsigned)__builtin_clz(new_alloc);
+    uint64_t lo = lo_sc * scs, hi = hi_sc * scs;
+    assert(lo <= a && b <= hi);
+    if (lo == a && hi == b) {
+        /* The request covers all of it: no head or tail to copy. */
+        ret = host_pwritev(&q->host, iov, iovcnt, h + a);
+    } else if (cow_reads_zero(q, gc, &e, new_alloc, a, b) &&
+               zero_cheaply(q, a, b) &&
+               (ret = host_zero(&q->host, h + lo, hi - lo, false)) !=
+                   -ENOTSUP) {
+        /* Head and tail read as zeros: let the host zero [lo, hi)
+         * (fallocate: no data transferred, nothing to write back) and
+         * write only the request, instead of writing a cluster of
+         * mostly zeros.  Safety: host_zero returns once the range reads
+         * as zeros, before the pwritev and before the L2 entry is set
+         * below; the L2 table reaches the disk only after a host_flush
+         * (qcow2_l2_pre_write), and fdatasync makes the fallocate's
+         * extent changes durable along with the data.  So a crash can
+         * never leave the L2 entry pointing at a cluster whose head or
+         * tail still holds what a previous owner wrote there. */
+        if (ret == 0)
+            ret = host_pwritev(&q->host, iov, iovcnt, h + a);
     } else {
-        buf = calloc(1, cs);
+        buf = calloc(1, hi); /* bytes [0, hi) of the cluster */
         if (!buf) {
             ret = -ENOMEM;
             goto fail_new;
         }
+        ret = 0;
         /* Everything the new cluster holds that the request does not
          * cover: head, tail, and the other allocated subclusters. */
-        for (unsigned sc = 0; ret == 0 && sc < q->subclusters; sc++) {
+        for (unsigned sc = lo_sc; ret == 0 && sc < hi_sc; sc++) {
             if (!(new_alloc & (1u << sc)))
                 continue;
-            uint64_t lo = sc * scs, hi = lo + scs;
-            if (lo < a)
-                ret = fill_old(q, gc, &e, cbuf, buf, lo, MIN(hi, a));
-            if (ret == 0 && hi > b)
-                ret = fill_old(q, gc, &e, cbuf, buf, MAX(lo, b), hi);
+            uint64_t slo = sc * scs, shi = slo + scs;
+            if (slo < a)
+                ret = fill_old(q, gc, &e, cbuf, buf, slo, MIN(shi, a));
+            if (ret == 0 && shi > b)
+                ret = fill_old(q, gc, &e, cbuf, buf, MAX(slo, b), shi);
         }
         if (ret == 0) {
             iov_to_buf(iov, iovcnt, 0, buf + a, b - a);
-            ret = host_pwrite(&q->host, buf, cs, h);
+            ret = host_pwrite(&q->host, buf + lo, hi - lo, h + lo);
         }
     }
     if (ret < 0)

@@ -9,6 +9,11 @@
  *           refcounts are stale (qemu-img check must complain — this shows
  *           the test can fail), reopening read-write rebuilds them (also
  *           counting an internal snapshot) and qemu-img check is clean.
+ *  stale:   free clusters past the end of the file hold junk (as clusters
+ *           freed where punching holes failed would); partial writes that
+ *           allocate such a cluster must still read zeros around the data
+ *           (the engine zeroes new clusters with fallocate instead of
+ *           writing zeros).
  *  crash:   without lazy refcounts, a crash right after flush leaves a
  *           clean image; a crash without flush may leak (exit 3) but never
  *           corrupts (exit 2).
@@ -116,6 +121,52 @@ static void growth(const char *opts, uint64_t size)
         qt_rmtree(dir);
 }
 
+static void stale(const char *opts)
+{
+    const uint64_t size = 8 << 20, junk = 4 << 20;
+    char dir[4096], img_path[4200], name[160];
+    struct image *img;
+    int failed_before = qt_failed;
+    snprintf(name, sizeof(name), "stale %s", opts);
+    qt_mkdtemp(dir, sizeof(dir), "stale");
+    snprintf(img_path, sizeof(img_path), "%s/s.qcow2", dir);
+    qt_must("qemu-img create -q -f qcow2 -o %s '%s' %" PRIu64, opts, img_path,
+            size);
+    /* Junk where the next clusters will be allocated: refcount 0. */
+    FILE *f = fopen(img_path, "ab");
+    uint8_t *j = malloc(junk);
+    memset(j, 0xee, junk);
+    QT_CHECK(f && fwrite(j, 1, junk, f) == junk);
+    if (f)
+        fclose(f);
+    free(j);
+    model = calloc(1, size);
+    if (qt_open(img_path, false, NULL, &img) < 0) {
+        QT_FAIL("%s: open", name);
+        return;
+    }
+    static const struct { uint64_t off, len; } w[] = {
+        { 65536 + 8192, 4096 },    /* aligned, inside a cluster */
+        { (1 << 20) + 100, 1000 }, /* unaligned, inside a subcluster */
+        { (2 << 20) - 512, 1024 }, /* across two clusters */
+        { 3 << 20, 65536 },        /* a whole cluster */
+        { (5 << 20) + 4096, 2048 },
+    };
+    uint8_t buf[65536];
+    for (size_t i = 0; i < sizeof(w) / sizeof(w[0]); i++) {
+        memset(buf, (int)(0x10 + i), w[i].len);
+        QT_CHECK(image_write(img, buf, w[i].len, w[i].off, 0) == 0);
+        memcpy(model + w[i].off, buf, w[i].len);
+    }
+    qt_compare_image(img, model, name);
+    QT_CHECK(image_close(img) == 0);
+    judge(name, dir, img_path, size, 0);
+    printf("%-40s %s\n", name, qt_failed == failed_before ? "ok" : "FAIL");
+    free(model);
+    if (qt_failed == failed_before)
+        qt_rmtree(dir);
+}
+
 static void crash(const char *opts, bool lazy, bool flush_first,
                   bool snapshot)
 {
@@ -214,6 +265,9 @@ int main(void)
     growth("cluster_size=512,refcount_bits=64", 24 << 20);
     growth("cluster_size=512,refcount_bits=16", 24 << 20);
     growth("cluster_size=1k,refcount_bits=64", 40 << 20);
+    stale("cluster_size=64k");
+    stale("cluster_size=64k,extended_l2=on");
+    stale("cluster_size=4k,compat=0.10");
     crash("lazy_refcounts=on", true, true, false);
     crash("lazy_refcounts=on", true, false, false);
     crash("lazy_refcounts=on", true, true, true);
