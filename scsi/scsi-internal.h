@@ -48,7 +48,9 @@ enum {
 };
 
 /* Limits we advertise in the Block Limits VPD page and enforce. */
-#define SCSI_MAX_UNMAP_BLOCKS       0x400000u  /* per UNMAP descriptor sum */
+/* 1 Mi blocks per UNMAP (512 MiB of 512-byte blocks): bounds how long one
+ * UNMAP holds the write lock, and libiscsi's suite takes more for insane. */
+#define SCSI_MAX_UNMAP_BLOCKS       0x100000u  /* per UNMAP descriptor sum */
 #define SCSI_MAX_UNMAP_DESCRIPTORS  256u
 #define SCSI_MAX_WRITE_SAME_BLOCKS  0x400000u
 #define SCSI_MAX_COMPARE_AND_WRITE  128u       /* blocks */
@@ -168,9 +170,10 @@ int sbc_write_same(struct scsi_lun *lun, struct scsi_cmd *cmd);
 int sbc_unmap(struct scsi_lun *lun, struct scsi_cmd *cmd);
 int sbc_get_lba_status(struct scsi_lun *lun, struct scsi_cmd *cmd);
 
-/* --- verify.c: commands that compare --- */
+/* --- verify.c: commands that read to compare or combine --- */
 int sbc_verify(struct scsi_lun *lun, struct scsi_cmd *cmd);
 int sbc_write_and_verify(struct scsi_lun *lun, struct scsi_cmd *cmd);
 int sbc_compare_and_write(struct scsi_lun *lun, struct scsi_cmd *cmd);
+int sbc_orwrite(struct scsi_lun *lun, struct scsi_cmd *cmd);
 
 #endif

@@ -1,10 +1,12 @@
-/* qlun — commands that compare: VERIFY, WRITE AND VERIFY, COMPARE AND
- * WRITE.  A difference is reported as MISCOMPARE 1D/00 with INFORMATION
- * set to the offset of the first differing byte (SBC-4 5.3, 5.34). */
+/* qlun — commands that read the medium to compare or combine: VERIFY, WRITE
+ * AND VERIFY (10/12/16), COMPARE AND WRITE, ORWRITE (16).  A difference is
+ * reported as MISCOMPARE 1D/00 with INFORMATION set to the offset of the
+ * first differing byte (SBC-4 5.3, 5.34). */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/iov.h"
 #include "common/util.h"
 #include "scsi-internal.h"
 
@@ -77,14 +79,22 @@ static int compare_medium(struct scsi_lun *lun, struct scsi_cmd *cmd,
 static void decode_verify(const uint8_t *cdb, uint64_t *lba, uint64_t *n,
                           unsigned *len_byte)
 {
-    if ((cdb[0] >> 5) == 1) {
+    switch (cdb[0] >> 5) {
+    case 1:                                  /* 10-byte */
         *lba = get_be32(cdb + 2);
         *n = get_be16(cdb + 7);
         *len_byte = 7;
-    } else {
+        break;
+    case 5:                                  /* 12-byte */
+        *lba = get_be32(cdb + 2);
+        *n = get_be32(cdb + 6);
+        *len_byte = 6;
+        break;
+    default:                                 /* 16-byte */
         *lba = get_be64(cdb + 2);
         *n = get_be32(cdb + 10);
         *len_byte = 10;
+        break;
     }
 }
 
@@ -184,15 +194,22 @@ int sbc_compare_and_write(struct scsi_lun *lun, struct scsi_cmd *cmd)
         return scsi_fail_cdb_field(cmd, 13, -1);
     if (!sbc_range_ok(lun, lba, n))
         return scsi_fail(cmd, SK_ILLEGAL_REQUEST, ASC_LBA_OUT_OF_RANGE);
+    /* The data-out buffer is exactly n blocks to compare and n to write.
+     * Any other size (the NUMBER OF LOGICAL BLOCKS byte cannot say 256: a
+     * 256-block buffer arrives with 0 there) means the initiator and the
+     * CDB disagree; LIO's own emulation refuses such a write as well, and
+     * guessing which half is which would compare the wrong bytes. */
+    size_t len = (size_t)(n << lun->block_shift);
+    if (iov_size(cmd->iov, cmd->iovcnt) != 2 * len)
+        return scsi_fail_cdb_field(cmd, 13, -1);
     if (lun->read_only)
         return scsi_fail(cmd, SK_DATA_PROTECT, ASC_WRITE_PROTECTED);
     if (n == 0)
         return SCSI_STATUS_GOOD;
 
-    size_t len = (size_t)(n << lun->block_shift);
     uint8_t *data = sbc_data_out(cmd, 2 * len);
     if (!data)
-        return scsi_fail_cdb_field(cmd, 13, -1);
+        return SCSI_STATUS_TASK_SET_FULL;      /* out of memory */
 
     pthread_rwlock_wrlock(&lun->write_lock);
     int err;
@@ -217,5 +234,55 @@ int sbc_compare_and_write(struct scsi_lun *lun, struct scsi_cmd *cmd)
     }
     pthread_rwlock_unlock(&lun->write_lock);
     free(data);
+    return st;
+}
+
+/* ORWRITE (16) (SBC-4 5.9): each block becomes its old contents OR the
+ * data-out buffer, atomically against every other write to the LUN (the
+ * write lock held exclusive, as for COMPARE AND WRITE).  Only the plain
+ * form: no BMOP (that is ORWRITE (32)), no protection information. */
+int sbc_orwrite(struct scsi_lun *lun, struct scsi_cmd *cmd)
+{
+    const uint8_t *cdb = cmd->cdb;
+    uint64_t lba = get_be64(cdb + 2);
+    uint64_t n = get_be32(cdb + 10);
+
+    if (cdb[1] & 0xe0)                       /* ORPROTECT */
+        return scsi_fail_cdb_field(cmd, 1, 7);
+    if (!sbc_range_ok(lun, lba, n))
+        return scsi_fail(cmd, SK_ILLEGAL_REQUEST, ASC_LBA_OUT_OF_RANGE);
+    if (n > lun->max_xfer_blocks)
+        return scsi_fail_cdb_field(cmd, 10, -1);
+    if (lun->read_only)
+        return scsi_fail(cmd, SK_DATA_PROTECT, ASC_WRITE_PROTECTED);
+    if (n == 0)
+        return SCSI_STATUS_GOOD;
+
+    size_t len = (size_t)(n << lun->block_shift);
+    uint8_t *data = sbc_data_out(cmd, len);
+    if (!data)
+        return scsi_fail_cdb_field(cmd, 10, -1);
+
+    pthread_rwlock_wrlock(&lun->write_lock);
+    int err;
+    int st = SCSI_STATUS_GOOD;
+    uint8_t *medium = read_blocks(lun, lba, n, &err);
+    if (!medium) {
+        st = scsi_fail_errno(cmd, err, lba, false);
+    } else {
+        for (size_t i = 0; i < len; i++)
+            medium[i] |= data[i];
+        err = image_write(lun->img, medium, len, lba << lun->block_shift,
+                          sbc_write_flags(lun, cdb[1]));
+        if (err < 0)
+            st = scsi_fail_errno(cmd, err, lba, true);
+        else
+            scsi_stat_add(lun, bytes_written, len);
+        free(medium);
+    }
+    pthread_rwlock_unlock(&lun->write_lock);
+    free(data);
+    if (st == SCSI_STATUS_GOOD)
+        scsi_check_soft_threshold(lun);
     return st;
 }

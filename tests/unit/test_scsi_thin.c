@@ -104,6 +104,8 @@ static void test_advertised(struct scsi_lun *lun)
     CHECK_EQ(b[4] & 1, 1);                     /* WSNZ */
     CHECK(b[5] > 0);                           /* COMPARE AND WRITE length */
     CHECK(get_be32(b + 20) > 0);               /* MAX UNMAP LBA COUNT */
+    /* ... but not more than libiscsi's Inquiry.BlockLimits finds sane */
+    CHECK(get_be32(b + 20) <= 1024 * 1024);
     CHECK(get_be32(b + 24) > 0);               /* MAX UNMAP DESCRIPTORS */
     CHECK_EQ(get_be32(b + 28), CLUSTER / BS);  /* OPTIMAL UNMAP GRANULARITY */
     CHECK_EQ(get_be32(b + 32), 0x80000000u);   /* UGAVALID, alignment 0 */
@@ -308,6 +310,123 @@ static void test_compare_and_write(struct scsi_lun *lun, struct memimage *m)
     c[13] = 1;
     put_be64(c + 2, BLOCKS);
     CHECK_SENSE(run(lun, c, 16, buf, 2 * BS), 5, 0x2100);
+}
+
+/* COMPARE AND WRITE whose data-out buffer is not exactly 2 x NUMBER OF
+ * LOGICAL BLOCKS: INVALID FIELD IN CDB, nothing compared or written
+ * (libiscsi CompareAndWrite.Simple/Miscompare send 256 blocks, which the
+ * one-byte field carries as 0; CompareAndWrite.InvalidDataOutSize). */
+static void test_caw_data_out_size(struct scsi_lun *lun, struct memimage *m)
+{
+    static uint8_t buf[512 * BS];
+    uint8_t c[16] = { 0x89 };
+    write10(lun, 6100, 4, 0xa6);
+    memset(buf, 0xa6, sizeof(buf));
+    put_be64(c + 2, 6100);
+    c[13] = 1;                                 /* 1 block, 4 sent */
+    CHECK_SENSE(run(lun, c, 16, buf, 4 * BS), 5, 0x2400);
+    CHECK_EQ(get_be16(last.sense + 16), 13);   /* field pointer: byte 13 */
+    c[13] = 3;                                 /* 3 blocks, 4 sent */
+    CHECK_SENSE(run(lun, c, 16, buf, 4 * BS), 5, 0x2400);
+    c[13] = 0;                                 /* 256 blocks sent as 0 */
+    CHECK_SENSE(run(lun, c, 16, buf, 512 * BS), 5, 0x2400);
+    CHECK(range_is(m, 6100, 4, 0xa6));
+    /* 0 blocks and no data: nothing to do, GOOD. */
+    CHECK_EQ(run(lun, c, 16, NULL, 0), SCSI_STATUS_GOOD);
+    /* The exact size works. */
+    c[13] = 2;
+    memset(buf + 2 * BS, 0xb7, 2 * BS);
+    CHECK_EQ(run(lun, c, 16, buf, 4 * BS), SCSI_STATUS_GOOD);
+    CHECK(range_is(m, 6100, 2, 0xb7));
+    CHECK(range_is(m, 6102, 2, 0xa6));
+}
+
+/* ORWRITE (16): old OR new, atomically; protection, range, zero-length
+ * (libiscsi OrWrite.Simple/Verify/BeyondEol/ZeroBlocks/Protect/DpoFua). */
+static void test_orwrite(struct scsi_lun *lun, struct memimage *m)
+{
+    uint8_t c[16] = { 0x8b }, buf[4 * BS];
+    write10(lun, 9100, 4, 0x0f);
+    memset(buf, 0xa0, sizeof(buf));
+    put_be64(c + 2, 9101);
+    put_be32(c + 10, 2);
+    CHECK_EQ(run(lun, c, 16, buf, 2 * BS), SCSI_STATUS_GOOD);
+    CHECK(range_is(m, 9100, 1, 0x0f));
+    CHECK(range_is(m, 9101, 2, 0xaf));
+    CHECK(range_is(m, 9103, 1, 0x0f));
+    /* DPO and FUA are accepted (MODE SENSE says DPOFUA); FUA writes through. */
+    int fua = m->fua_writes;
+    c[1] = 0x18;
+    CHECK_EQ(run(lun, c, 16, buf, 2 * BS), SCSI_STATUS_GOOD);
+    CHECK_EQ(m->fua_writes, fua + 1);
+    /* ORPROTECT: no protection information here. */
+    for (uint8_t p = 1; p < 8; p++) {
+        c[1] = (uint8_t)(p << 5);
+        CHECK_SENSE(run(lun, c, 16, buf, 2 * BS), 5, 0x2400);
+    }
+    c[1] = 0;
+    /* Zero blocks: GOOD at LBA 0, LBA OUT OF RANGE past the end. */
+    put_be32(c + 10, 0);
+    put_be64(c + 2, 0);
+    CHECK_EQ(run(lun, c, 16, NULL, 0), SCSI_STATUS_GOOD);
+    put_be64(c + 2, BLOCKS + 1);
+    CHECK_SENSE(run(lun, c, 16, NULL, 0), 5, 0x2100);
+    put_be64(c + 2, UINT64_MAX);
+    CHECK_SENSE(run(lun, c, 16, NULL, 0), 5, 0x2100);
+    /* Crossing the end. */
+    put_be64(c + 2, BLOCKS - 1);
+    put_be32(c + 10, 2);
+    CHECK_SENSE(run(lun, c, 16, buf, 2 * BS), 5, 0x2100);
+    /* The last block. */
+    put_be32(c + 10, 1);
+    CHECK_EQ(run(lun, c, 16, buf, BS), SCSI_STATUS_GOOD);
+
+    /* REPORT SUPPORTED OPERATION CODES lists it, with DPO and FUA in its
+     * CDB usage data. */
+    uint8_t r[12] = { 0xa3, 0x0c, 0x01, 0x8b }, b[64];
+    put_be32(r + 6, sizeof(b));
+    CHECK_EQ(run(lun, r, 12, b, sizeof(b)), SCSI_STATUS_GOOD);
+    CHECK_EQ(b[1] & 7, 3);
+    CHECK_EQ(get_be16(b + 2), 16);
+    CHECK_EQ(b[5] & 0x18, 0x18);
+}
+
+/* VERIFY (12) and WRITE AND VERIFY (12) behave as their 10- and 16-byte
+ * forms (libiscsi Verify12.*, WriteVerify12.*). */
+static void test_verify12(struct scsi_lun *lun, struct memimage *m)
+{
+    uint8_t v[12] = { 0xaf }, wv[12] = { 0xae }, buf[4 * BS];
+    memset(buf, 0x5c, sizeof(buf));
+    put_be32(wv + 2, 9200);
+    put_be32(wv + 6, 4);
+    wv[1] = 0x02;                              /* BYTCHK 1 */
+    CHECK_EQ(run(lun, wv, 12, buf, sizeof(buf)), SCSI_STATUS_GOOD);
+    CHECK(range_is(m, 9200, 4, 0x5c));
+    wv[1] = 0xe0;                              /* WRPROTECT */
+    CHECK_SENSE(run(lun, wv, 12, buf, sizeof(buf)), 5, 0x2400);
+    wv[1] = 0;
+    put_be32(wv + 2, BLOCKS - 2);
+    CHECK_SENSE(run(lun, wv, 12, buf, sizeof(buf)), 5, 0x2100);
+    put_be32(wv + 6, 0);                       /* zero blocks */
+    put_be32(wv + 2, 0);
+    CHECK_EQ(run(lun, wv, 12, NULL, 0), SCSI_STATUS_GOOD);
+
+    put_be32(v + 2, 9200);
+    put_be32(v + 6, 4);
+    CHECK_EQ(run(lun, v, 12, NULL, 0), SCSI_STATUS_GOOD);  /* BYTCHK 0 */
+    v[1] = 0x02;
+    CHECK_EQ(run(lun, v, 12, buf, sizeof(buf)), SCSI_STATUS_GOOD);
+    buf[2 * BS + 9] ^= 1;
+    CHECK_SENSE(run(lun, v, 12, buf, sizeof(buf)), 0xe, 0x1d00);
+    CHECK_EQ(get_be32(last.sense + 3), 2 * BS + 9);
+    v[1] = 0x06;                               /* BYTCHK 3: one block */
+    CHECK_EQ(run(lun, v, 12, buf, BS), SCSI_STATUS_GOOD);
+    v[1] = 0x20;                               /* VRPROTECT */
+    CHECK_SENSE(run(lun, v, 12, NULL, 0), 5, 0x2400);
+    v[1] = 0;
+    put_be32(v + 2, BLOCKS);
+    put_be32(v + 6, 1);
+    CHECK_SENSE(run(lun, v, 12, NULL, 0), 5, 0x2100);
 }
 
 /* COMPARE AND WRITE is atomic against other writers: threads increment a
@@ -602,6 +721,12 @@ static void test_read_only(void)
     caw[13] = 1;
     uint8_t two[2 * BS] = { 0 };
     CHECK_SENSE(run(lun, caw, 16, two, sizeof(two)), 7, 0x2700);
+    uint8_t orw[16] = { 0x8b };
+    put_be32(orw + 10, 1);
+    CHECK_SENSE(run(lun, orw, 16, blk, BS), 7, 0x2700);
+    uint8_t wv12[12] = { 0xae };
+    put_be32(wv12 + 6, 1);
+    CHECK_SENSE(run(lun, wv12, 12, blk, BS), 7, 0x2700);
     CHECK_EQ(m->zeroes + m->zeroes_unmap + m->discards, 0);
     scsi_lun_free(lun);
     image_close(&m->img);
@@ -633,7 +758,10 @@ int main(void)
     test_unmap(lun, m);
     test_get_lba_status(lun, m);
     test_compare_and_write(lun, m);
+    test_caw_data_out_size(lun, m);
     test_caw_atomic(lun, m);
+    test_orwrite(lun, m);
+    test_verify12(lun, m);
     test_verify(lun);
     test_write_and_verify(lun, m);
     test_prefetch_startstop(lun, m);
