@@ -515,6 +515,133 @@ fail_new:
     return ret;
 }
 
+/* Most whole clusters one write_run() call handles. */
+#define MAX_RUN 64
+
+static bool owned_full(const struct qcow2 *q, const struct l2e *e)
+{
+    return e->host && e->copied && !e->compressed &&
+           e->alloc == sc_mask(0, q->subclusters);
+}
+
+/* Write m >= 2 whole guest clusters starting at gc from iov (exactly
+ * m * cluster_size bytes) with as few host writes as possible.  Returns
+ * the bytes written (a multiple of the cluster size, > 0), 0 when the
+ * first clusters do not form a run (the caller goes cluster by cluster),
+ * or a negative errno.  Range lock held, q->lock not.
+ *
+ * Two kinds of run:
+ *  - clusters we own, fully allocated and contiguous on the host: one
+ *    pwritev in place, no metadata change (what write_cluster would do
+ *    for each, in one system call);
+ *  - clusters that need a new host cluster: allocate a contiguous run,
+ *    one pwritev, then link each.  Nothing of the old content survives a
+ *    whole-cluster write, so there is no head or tail to copy.
+ * Safety is write_cluster's: the refcount increases are in the refcount
+ * cache before the pwritev; the L2 entries are set only after the pwritev
+ * returned, and an L2 table is written back only after the refcounts
+ * (unless lazy) and a host_flush (qcow2_l2_pre_write); the old clusters
+ * are freed through qcow2_free_later, once the new entries are durable. */
+static int64_t write_run(struct qcow2 *q, uint64_t gc, uint64_t m,
+                         const struct iovec *iov, int iovcnt)
+{
+    const uint64_t cs = q->cluster_size;
+    struct l2e old[MAX_RUN];
+    uint64_t n = 0, h;
+    int ret;
+
+    m = MIN(m, (uint64_t)MAX_RUN);
+    pthread_mutex_lock(&q->lock);
+    ret = qcow2_prepare_write(q);
+    if (ret == 0)
+        ret = qcow2_get_l2e(q, gc, &old[0]);
+    if (ret < 0)
+        goto unlock;
+    if (owned_full(q, &old[0])) {
+        for (n = 1; n < m; n++) {
+            ret = qcow2_get_l2e(q, gc + n, &old[n]);
+            if (ret < 0)
+                goto unlock;
+            if (!owned_full(q, &old[n]) ||
+                old[n].host != old[0].host + n * cs)
+                break;
+        }
+        pthread_mutex_unlock(&q->lock);
+        if (n < 2)
+            return 0;
+        struct iovec part[16];
+        struct iovec *pv = iovcnt > 16 ? malloc(sizeof(*pv) * (size_t)iovcnt)
+                                       : part;
+        if (!pv)
+            return -ENOMEM;
+        int cnt = iov_slice(pv, iovcnt, iov, iovcnt, 0, n * cs);
+        assert(cnt >= 0);
+        ret = host_pwritev(&q->host, pv, cnt, old[0].host);
+        if (pv != part)
+            free(pv);
+        return ret < 0 ? ret : (int64_t)(n * cs);
+    }
+    /* Clusters we own stay where they are (write_cluster writes them in
+     * place); the run is the clusters before the first of them. */
+    for (n = 0; n < m; n++) {
+        if (n > 0) {
+            ret = qcow2_get_l2e(q, gc + n, &old[n]);
+            if (ret < 0)
+                goto unlock;
+        }
+        if (old[n].host && old[n].copied && !old[n].compressed)
+            break;
+    }
+    if (n < 2) {
+        pthread_mutex_unlock(&q->lock);
+        return 0;
+    }
+    int64_t got = qcow2_alloc_clusters(q, n, &h);
+    pthread_mutex_unlock(&q->lock);
+    if (got < 0)
+        return (int)got;
+    n = (uint64_t)got;
+
+    struct iovec part[16];
+    struct iovec *pv = iovcnt > 16 ? malloc(sizeof(*pv) * (size_t)iovcnt)
+                                   : part;
+    if (!pv) {
+        ret = -ENOMEM;
+    } else {
+        int cnt = iov_slice(pv, iovcnt, iov, iovcnt, 0, n * cs);
+        assert(cnt >= 0);
+        ret = host_pwritev(&q->host, pv, cnt, h);
+        if (pv != part)
+            free(pv);
+    }
+
+    pthread_mutex_lock(&q->lock);
+    uint64_t linked = 0;
+    uint64_t bitmap = q->extended_l2 ? sc_mask(0, q->subclusters) : 0;
+    while (ret == 0 && linked < n) {
+        ret = qcow2_set_l2e(q, gc + linked, (h + linked * cs) | OFLAG_COPIED,
+                            bitmap);
+        if (ret == 0)
+            linked++;
+    }
+    /* Clusters not linked: nothing on disk references them. */
+    if (linked < n)
+        qcow2_free_now(q, h + linked * cs, n - linked);
+    for (uint64_t i = 0; i < linked; i++)
+        if (old[i].compressed || old[i].host) {
+            int r = qcow2_free_later(q, old[i].entry, old[i].compressed);
+            if (ret == 0)
+                ret = r;
+        }
+    if (ret == 0 && q->npending > MAX_PENDING)
+        ret = qcow2_meta_sync(q);
+    pthread_mutex_unlock(&q->lock);
+    return ret < 0 ? ret : (int64_t)(n * cs);
+unlock:
+    pthread_mutex_unlock(&q->lock);
+    return ret;
+}
+
 static int qcow2_flush(struct image *img);
 
 static int qcow2_writev(struct image *img, const struct iovec *iov,
@@ -539,6 +666,21 @@ static int qcow2_writev(struct image *img, const struct iovec *iov,
     for (size_t pos = 0; pos < len;) {
         uint64_t goff = off + pos;
         uint64_t a = goff & (cs - 1);
+        if (a == 0 && len - pos >= 2 * cs) {
+            /* Whole clusters: try them as one run. */
+            uint64_t m = (len - pos) / cs;
+            int cnt = slice(&s, pos, m * cs);
+            int64_t done = write_run(q, goff >> q->cluster_bits, m, s.tmp,
+                                     cnt);
+            if (done < 0) {
+                ret = (int)done;
+                break;
+            }
+            if (done > 0) {
+                pos += (size_t)done;
+                continue;
+            }
+        }
         uint64_t n = MIN(len - pos, cs - a);
         int cnt = slice(&s, pos, n);
         ret = write_cluster(q, goff >> q->cluster_bits, a, a + n, s.tmp, cnt);
