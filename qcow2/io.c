@@ -424,12 +424,17 @@ static int write_cluster(struct qcow2 *q, uint64_t gc, uint64_t a,
 
     uint32_t new_alloc = touched;
     if (e.compressed) {
-        cbuf = malloc(cs);
-        ret = cbuf ? read_compressed(q, e.entry, gc << q->cluster_bits, cbuf)
-                   : -ENOMEM;
-        if (ret < 0)
-            goto fail_new;
         new_alloc = sc_mask(0, q->subclusters);
+        /* A whole-cluster write keeps nothing of the old content: no
+         * need to decompress it. */
+        if (a != 0 || b != cs) {
+            cbuf = malloc(cs);
+            ret = cbuf ? read_compressed(q, e.entry, gc << q->cluster_bits,
+                                         cbuf)
+                       : -ENOMEM;
+            if (ret < 0)
+                goto fail_new;
+        }
     } else if (q->extended_l2) {
         new_alloc |= e.alloc; /* keep the subclusters that had data */
     }
