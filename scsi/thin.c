@@ -80,6 +80,13 @@ int sbc_write_same(struct scsi_lun *lun, struct scsi_cmd *cmd)
         return scsi_fail_cdb_field(cmd, len_byte, -1);
     if (unmap && !lun->thin)
         return scsi_fail_cdb_field(cmd, 1, 3);
+    /* The data-out buffer is one logical block, or nothing with NDOB.  Any
+     * other size means the initiator and the CDB disagree on what is sent
+     * (LIO's own WRITE SAME refuses it too): rather than guess which bytes
+     * are the pattern, refuse.  No CDB field holds the size, so no field
+     * pointer. */
+    if (iov_size(cmd->iov, cmd->iovcnt) != (ndob ? 0 : lun->block_size))
+        return scsi_fail(cmd, SK_ILLEGAL_REQUEST, ASC_INVALID_FIELD_IN_CDB);
     if (lun->read_only)
         return scsi_fail(cmd, SK_DATA_PROTECT, ASC_WRITE_PROTECTED);
 
@@ -88,7 +95,7 @@ int sbc_write_same(struct scsi_lun *lun, struct scsi_cmd *cmd)
     if (!ndob) {
         block = sbc_data_out(cmd, lun->block_size);
         if (!block)
-            return scsi_fail_cdb_field(cmd, len_byte, -1);
+            return SCSI_STATUS_TASK_SET_FULL;  /* out of memory */
         zero = buf_is_zero(block, lun->block_size);
     }
 

@@ -176,6 +176,33 @@ static void test_write_same(struct scsi_lun *lun, struct memimage *m)
     CHECK_SENSE(run(lun, c, 16, block, BS), 5, 0x2400);
 }
 
+/* WRITE SAME whose data-out buffer is not one block (or, with NDOB, not
+ * empty): ILLEGAL REQUEST, nothing written (libiscsi
+ * WriteSame10.InvalidDataOutSize, WriteSame16.InvalidDataOutSize). */
+static void test_write_same_data_out_size(struct scsi_lun *lun,
+                                          struct memimage *m)
+{
+    uint8_t c[16], blocks[2 * BS];
+    uint8_t c10[10] = { 0x41, 0x08 };
+    write10(lun, 5000, 4, 0x77);
+    memset(blocks, 0xa6, sizeof(blocks));
+    ws16(c, 0x08, 5000, 1);
+    CHECK_SENSE(run(lun, c, 16, blocks, BS / 2), 5, 0x2400);
+    CHECK_SENSE(run(lun, c, 16, blocks, 2 * BS), 5, 0x2400);
+    put_be32(c10 + 2, 5001);
+    put_be16(c10 + 7, 1);
+    CHECK_SENSE(run(lun, c10, 10, blocks, BS / 2), 5, 0x2400);
+    CHECK_SENSE(run(lun, c10, 10, blocks, 2 * BS), 5, 0x2400);
+    ws16(c, 0x09, 5002, 1);                     /* NDOB with data */
+    CHECK_SENSE(run(lun, c, 16, blocks, BS), 5, 0x2400);
+    CHECK(range_is(m, 5000, 4, 0x77));
+    /* One block exactly works. */
+    ws16(c, 0, 5000, 2);
+    CHECK_EQ(run(lun, c, 16, blocks, BS), SCSI_STATUS_GOOD);
+    CHECK(range_is(m, 5000, 2, 0xa6));
+    CHECK(range_is(m, 5002, 2, 0x77));
+}
+
 static void unmap_cdb(uint8_t *c, uint16_t list_len)
 {
     memset(c, 0, 10);
@@ -755,6 +782,7 @@ int main(void)
 
     test_advertised(lun);
     test_write_same(lun, m);
+    test_write_same_data_out_size(lun, m);
     test_unmap(lun, m);
     test_get_lba_status(lun, m);
     test_compare_and_write(lun, m);
