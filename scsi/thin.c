@@ -78,8 +78,6 @@ int sbc_write_same(struct scsi_lun *lun, struct scsi_cmd *cmd)
         return scsi_fail(cmd, SK_ILLEGAL_REQUEST, ASC_LBA_OUT_OF_RANGE);
     if (n > SCSI_MAX_WRITE_SAME_BLOCKS)
         return scsi_fail_cdb_field(cmd, len_byte, -1);
-    if (unmap && !lun->thin)
-        return scsi_fail_cdb_field(cmd, 1, 3);
     /* The data-out buffer is one logical block, or nothing with NDOB.  Any
      * other size means the initiator and the CDB disagree on what is sent
      * (LIO's own WRITE SAME refuses it too): rather than guess which bytes
@@ -87,8 +85,13 @@ int sbc_write_same(struct scsi_lun *lun, struct scsi_cmd *cmd)
      * pointer. */
     if (iov_size(cmd->iov, cmd->iovcnt) != (ndob ? 0 : lun->block_size))
         return scsi_fail(cmd, SK_ILLEGAL_REQUEST, ASC_INVALID_FIELD_IN_CDB);
+    /* A read-only LUN refuses every write with DATA PROTECT, UNMAP bit or
+     * not, thin or not (a read-only raw file cannot learn whether its
+     * filesystem punches holes, so it is not thin). */
     if (lun->read_only)
         return scsi_fail(cmd, SK_DATA_PROTECT, ASC_WRITE_PROTECTED);
+    if (unmap && !lun->thin)
+        return scsi_fail_cdb_field(cmd, 1, 3);
 
     uint8_t *block = NULL;
     bool zero = ndob;
@@ -129,7 +132,9 @@ int sbc_unmap(struct scsi_lun *lun, struct scsi_cmd *cmd)
     const uint8_t *cdb = cmd->cdb;
     size_t list_len = get_be16(cdb + 7);
 
-    if (!lun->thin)
+    /* Without thin provisioning there is nothing to unmap; a read-only LUN
+     * still answers DATA PROTECT below, as it does for every write. */
+    if (!lun->thin && !lun->read_only)
         return scsi_fail(cmd, SK_ILLEGAL_REQUEST, ASC_INVALID_COMMAND_OPCODE);
     if (cdb[1] & 0x01)                        /* ANCHOR: no ANC_SUP */
         return scsi_fail_cdb_field(cmd, 1, 0);

@@ -759,6 +759,46 @@ static void test_read_only(void)
     image_close(&m->img);
 }
 
+/* A read-only LUN that is not thin (a read-only raw file: hole punching
+ * cannot be probed on it) still answers WRITE SAME with UNMAP and UNMAP
+ * with DATA PROTECT, WRITE PROTECTED, as every other write (libiscsi
+ * ReadOnly.ReadOnlySBC against a readonly=on raw LUN). */
+static void test_read_only_not_thin(void)
+{
+    struct memimage *m = memimage_new(1 << 20);
+    struct scsi_lun *lun;
+    struct scsi_lun_config cfg = {
+        .img = &m->img, .block_size = BS, .num_blocks = 2048,
+        .max_xfer_blocks = 64, .serial = "ro-thick", .read_only = true,
+    };
+    scsi_lun_new(&cfg, &lun);
+    uint8_t c[16], blk[BS] = { 0 }, p[24] = { 0, 22, 0, 16 };
+    uint8_t c10[10] = { 0x41, 0x08 };
+    put_be16(c10 + 7, 1);
+    CHECK_SENSE(run(lun, c10, 10, blk, BS), 7, 0x2700);
+    ws16(c, 0x08, 0, 1);
+    CHECK_SENSE(run(lun, c, 16, blk, BS), 7, 0x2700);
+    ws16(c, 0x00, 0, 1);
+    CHECK_SENSE(run(lun, c, 16, blk, BS), 7, 0x2700);
+    put_be32(p + 16, 1);
+    unmap_cdb(c, 24);
+    CHECK_SENSE(run(lun, c, 10, p, 24), 7, 0x2700);
+    scsi_lun_free(lun);
+    image_close(&m->img);
+
+    /* Writable and not thin: UNMAP is not offered, WRITE SAME's UNMAP bit
+     * is an invalid field. */
+    m = memimage_new(1 << 20);
+    cfg.img = &m->img;
+    cfg.read_only = false;
+    scsi_lun_new(&cfg, &lun);
+    CHECK_SENSE(run(lun, c, 10, p, 24), 5, 0x2000);
+    ws16(c, 0x08, 0, 1);
+    CHECK_SENSE(run(lun, c, 16, blk, BS), 5, 0x2400);
+    scsi_lun_free(lun);
+    image_close(&m->img);
+}
+
 /* ENOSPC from the image reaches the initiator as 27/07, whatever the
  * command. */
 static void test_enospc(void)
@@ -798,6 +838,7 @@ int main(void)
     test_stats(lun);
     test_soft_threshold();
     test_read_only();
+    test_read_only_not_thin();
     test_enospc();
 
     scsi_lun_free(lun);
