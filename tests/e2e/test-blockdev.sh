@@ -1,0 +1,67 @@
+#!/bin/bash
+# qlun end-to-end test: the thin LUN (qcow2 and raw) in the VM rig.
+#
+#   tests/e2e/test-thin.sh            (CTest calls it like this)
+#
+# Boots the rig (tests/e2e/rig.sh) with tests/e2e/guest/blockdev.sh: Linux's view
+# of the thin LUN, the ks3200 path (qemu-img convert -t none of an 8 GiB
+# source with ~264 MiB of scattered data onto the LUN; statistics show the
+# zero runs as WRITE SAME/UNMAP), QEMU's iSCSI initiator as a second client
+# (compare, map), blkdiscard / fallocate -p / mkfs.ext4 + fstrim.  Prints a
+# PASS/FAIL line per check and the figures (convert time, data and image
+# sizes, statistics).
+#
+# Exit: 0 all checks passed; 1 a check failed; 77 skipped (handler_qlun.so
+# not built, or no kernel / QEMU for the rig).
+# Env: QLUN_HANDLER_DIR, QLUN_BUILD_DIR (default <repo>/build), QLUN_RIG_*
+# (see rig.sh), QLUN_E2E_KEEP=1 keep the work dir, QLUN_E2E_FULL_COMPARE=1
+# also compare the whole 8 GiB LUNs through /dev/sdX (adds ~13 min).
+set -u
+export QLUN_RIG_TIMEOUT=${QLUN_RIG_TIMEOUT:-840}
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+START=$(date +%s)
+
+BUILD=${QLUN_BUILD_DIR:-$REPO/build}
+if [ -z "${QLUN_HANDLER_DIR:-}" ]; then
+    h=$(find "$BUILD" -name handler_qlun.so -type f 2>/dev/null | head -1)
+    [ -n "$h" ] && QLUN_HANDLER_DIR=$(dirname "$(realpath "$h")")
+fi
+if [ -z "${QLUN_HANDLER_DIR:-}" ] || [ ! -f "$QLUN_HANDLER_DIR/handler_qlun.so" ]; then
+    echo "SKIP: handler_qlun.so not found (build it: scripts/build.sh --handler-only, or set QLUN_HANDLER_DIR)"
+    exit 77
+fi
+export QLUN_HANDLER_DIR QLUN_BUILD_DIR=$BUILD
+if ! command -v qemu-system-x86_64 >/dev/null || ! ls /boot/vmlinuz-* >/dev/null 2>&1; then
+    echo "SKIP: no qemu-system-x86_64 or /boot/vmlinuz-* (run scripts/install-rig-deps.sh)"
+    exit 77
+fi
+if ! ls /usr/lib/x86_64-linux-gnu/qemu/block-iscsi.so >/dev/null 2>&1; then
+    echo "SKIP: QEMU's iSCSI driver missing (apt-get install qemu-block-extra)"
+    exit 77
+fi
+
+WORK=$(mktemp -d "${TMPDIR:-/var/tmp}/qlun-e2e-blockdev.XXXXXX")
+keep() { [ "${QLUN_E2E_KEEP:-0}" = 1 ] || [ "${FAILED:-1}" != 0 ]; }
+trap 'if keep; then echo "work dir kept: $WORK"; else rm -rf "$WORK"; fi' EXIT
+
+QLUN_RIG_WORKDIR=$WORK "$HERE/rig.sh" --disk 8G "$HERE/guest/blockdev.sh"
+GUEST_RC=$?
+
+echo
+echo "================ test-blockdev report ================"
+if [ -s "$WORK/report.txt" ]; then cat "$WORK/report.txt"; else echo "FAIL  guest wrote no report (rig status $GUEST_RC)"; fi
+echo "---------------- figures ----------------"
+cat "$WORK/figures.txt" 2>/dev/null
+GUEST_FAIL=$(grep -c '^FAIL' "$WORK/report.txt" 2>/dev/null)
+GUEST_PASS=$(grep -c '^PASS' "$WORK/report.txt" 2>/dev/null)
+echo "--------------------------------------------------"
+echo "guest: ${GUEST_PASS:-0} passed, ${GUEST_FAIL:-0} failed (rig status $GUEST_RC); $(( $(date +%s) - START )) s total"
+FAILED=0
+[ "$GUEST_RC" = 0 ] && [ -s "$WORK/report.txt" ] || FAILED=1
+if [ "$FAILED" != 0 ]; then
+    echo "FAIL (logs: $WORK/guest.log, $WORK/console.log, $WORK/logs/tcmu-runner.log, $WORK/out/)"
+    exit 1
+fi
+echo "PASS"
+exit 0
