@@ -28,6 +28,16 @@ declare -A CONF_ALLOWED_FAIL=(
     # (fileio, block) compute the length in the kernel and pass.
     [Inquiry.AllocLength]="lio-tcmu: no data-in residual from a tcmu-runner handler"
     [Inquiry.BlockLimits]="lio-tcmu: no data-in residual from a tcmu-runner handler"
+    # LIO core: RESERVE(6)/RELEASE(6) never reach tcmu-runner (the kernel's
+    # passthrough_parse_cdb emulates them, and PERSISTENT RESERVE IN/OUT).
+    # Reserve6.Logout logs the holder out, logs it back in and expects the
+    # other initiator's RESERVE to succeed at once; whether LIO has dropped
+    # the logged-out session's reservation by then is a race in the kernel
+    # (seen failing and passing on qlun LUNs and on LIO fileio in this rig).
+    # Reserve6.ITNexusLoss fails after it, starting with that reservation
+    # still held; it passes whenever Reserve6.Logout does.
+    [Reserve6.Logout]="lio-core: SPC-2 reservation of a logged-out session not yet released (a race)"
+    [Reserve6.ITNexusLoss]="lio-core: follows Reserve6.Logout's leftover reservation"
     # The suite's own bug when a physical block holds more than one logical
     # block (we report 4 KiB physical blocks, LBPPBE=3): its second loop asks
     # GET LBA STATUS at LBA i+1 and demands a first descriptor starting at

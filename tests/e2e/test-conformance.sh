@@ -140,6 +140,7 @@ for l in "${LABELS[@]}"; do
                     verdict="NOT ALLOWED"
                     [ $judge = 1 ] && problems+=("$l: $t failed: $reason")
                 fi
+                [ $judge = 1 ] || verdict=reference
                 printf '  FAILED   %-36s %s\n           %-36s [%s]\n' "$t" "$reason" "" "$verdict" ;;
             skipped)
                 if why=$(conf_skip_reason "$t"); then
@@ -148,6 +149,7 @@ for l in "${LABELS[@]}"; do
                     verdict="UNEXPLAINED SKIP"
                     [ $judge = 1 ] && problems+=("$l: $t skipped: $reason")
                 fi
+                [ $judge = 1 ] || verdict=reference
                 printf '  SKIPPED  %-36s %s\n           %-36s [%s]\n' "$t" "$reason" "" "$verdict" ;;
         esac
     done <"$WORK/result-$l.tsv"

@@ -44,14 +44,17 @@ D=$RIG_DATA
 rig_check "images: qcow2 + sparse raw ($SIZE), read-only twins (64M)" bash -c "
     qemu-img create -q -f qcow2 $D/conf.qcow2 $SIZE && truncate -s $SIZE $D/conf.raw &&
     qemu-img create -q -f qcow2 $D/conf-ro.qcow2 64M && truncate -s 64M $D/conf-ro.raw"
-# --hw-max-sectors 2048: ExtendedCopy.Simple writes 2048 blocks in one
-# WRITE (16) whatever VPD B0 says; with the rig's 1024 it fails before it
-# gets to EXTENDED COPY.
+# --hw-max-sectors 65536 (32 MiB): iscsi-test-cu ignores the MAXIMUM TRANSFER
+# LENGTH of VPD B0 (it honours only an SG_IO device's limit):
+# WriteSame16.Unmap writes and reads 65536 blocks in one command,
+# ExtendedCopy.Simple 2048.  qlun refuses a longer transfer than it
+# advertises (INVALID FIELD IN CDB, as SBC-4 says), so the LUNs advertise
+# enough; the TCMU data area (128 MiB) holds such a command.
 "$RIG_MAKE_CONFIG" --image "$D/conf.qcow2" --format qcow2 --size "$SIZE" --name confq \
     --lun "image=$D/conf.raw,format=raw,size=$SIZE,name=confr" \
     --lun "image=$D/conf-ro.qcow2,format=qcow2,size=64M,name=confqro,opts=readonly=on" \
     --lun "image=$D/conf-ro.raw,format=raw,size=64M,name=confrro,opts=readonly=on" \
-    --hw-max-sectors 2048 \
+    --hw-max-sectors 65536 \
     --target-iqn "$IQN" --initiator-iqn "$RIG_INITIATOR_IQN" --libiscsi-acls \
     --chap-user "$RIG_CHAP_USER" --chap-password "$RIG_CHAP_PASS" -o "$OUT/conformance.json"
 if ! rig_check "restoreconfig: 4 qlun LUNs, explicit ACLs incl. libiscsi's, CHAP" \
@@ -96,9 +99,11 @@ while read -r label kind lun; do
     fi
     rig_log "LUN $lun ($name): iscsi-test-cu --dataloss --test=$tests ${#urls[@]} URL(s)"
     t0=$(cut -d' ' -f1 /proc/uptime)
-    # line-buffered, so that every finished test gets a time stamp (cu-*.ts)
-    timeout "$CU_TIMEOUT" stdbuf -oL -eL iscsi-test-cu --dataloss "${CU_ARGS[@]}" \
-        --test="$tests" "${urls[@]}" 2>&1 | tee "$OUT/cu-$name.txt" |
+    # on a pseudo-terminal, so that the suite's stdio is line-buffered and
+    # every finished test gets a time stamp (cu-*.ts); stdbuf does not do
+    # it for this program
+    cmd=$(printf '%q ' iscsi-test-cu --dataloss "${CU_ARGS[@]}" --test="$tests" "${urls[@]}")
+    timeout "$CU_TIMEOUT" script -qefc "$cmd" /dev/null 2>&1 | tr -d '\r' | tee "$OUT/cu-$name.txt" |
         awk '{ getline up < "/proc/uptime"; close("/proc/uptime"); split(up, a, " ");
                printf "%s %s\n", a[1], $0; fflush() }' >"$OUT/cu-$name.ts"
     rc=${PIPESTATUS[0]}
