@@ -68,6 +68,9 @@ login_both() {
     DR=$(rig_lun_dev "$IQN" 1) || { rig_fail "$1: LUN 1 appears"; return 1; }
     SQ=$(thin_serial "$DQ"); SR=$(thin_serial "$DR")
     rig_log "qcow2 LUN $DQ serial $SQ; raw LUN $DR serial $SR"
+    thin_figure "$1: unit serial seen by the initiator (VPD 80h): qcow2 $SQ, raw $SR;" \
+        "LIO's configfs vpd_unit_serial: $(cat /sys/kernel/config/target/core/user_*/thinq/wwn/vpd_unit_serial 2>/dev/null | tr '\n' ' ')," \
+        "$(cat /sys/kernel/config/target/core/user_*/thinr/wwn/vpd_unit_serial 2>/dev/null | tr '\n' ' ')"
     [ -n "$SQ" ] && [ -n "$SR" ] && [ "$SQ" != "$SR" ]
 }
 logout_close() {
