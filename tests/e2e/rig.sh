@@ -193,7 +193,9 @@ mount -t overlay -o lowerdir=/mnt/lower,upperdir=/mnt/rw/upper,workdir=/mnt/rw/w
 mkdir -p /newroot/rig
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000,cache=none rig /newroot/rig || fail "mount rig share"
 mount -t tmpfs -o mode=755 tmpfs /newroot/run
-mount -t tmpfs -o mode=1777 tmpfs /newroot/tmp
+# /tmp stays the overlay's: the host's files show through (a checkout and
+# build under the host's /tmp, as a CI clone may be, must be visible) and
+# the guest's own writes land in the tmpfs upper layer.
 mount --move /proc /newroot/proc
 mount --move /sys /newroot/sys
 mount --move /dev /newroot/dev
@@ -248,10 +250,10 @@ sync
 off
 EOF
 
-# /tmp, /run and /dev/shm are fresh tmpfs in the guest: a script living there
-# on the host is copied into the share and run from there.
+# /run and /dev/shm are fresh tmpfs in the guest: a script living there on
+# the host is copied into the share and run from there.
 case "$GUEST_SCRIPT" in
-    /tmp/*|/run/*|/dev/*|/proc/*|/sys/*)
+    /run/*|/dev/*|/proc/*|/sys/*)
         cp "$GUEST_SCRIPT" "$WORK/.rig/guest-script" || die "cannot copy $GUEST_SCRIPT"
         GUEST_SCRIPT_IN_GUEST=/rig/.rig/guest-script ;;
     *) GUEST_SCRIPT_IN_GUEST=$GUEST_SCRIPT ;;
