@@ -78,6 +78,11 @@ int sbc_write_same(struct scsi_lun *lun, struct scsi_cmd *cmd)
         return scsi_fail(cmd, SK_ILLEGAL_REQUEST, ASC_LBA_OUT_OF_RANGE);
     if (n > SCSI_MAX_WRITE_SAME_BLOCKS)
         return scsi_fail_cdb_field(cmd, len_byte, -1);
+    /* A read-only LUN refuses every write with DATA PROTECT, UNMAP bit or
+     * not, thin or not (a read-only raw file cannot learn whether its
+     * filesystem punches holes, so it is not thin), whatever data came. */
+    if (lun->read_only)
+        return scsi_fail(cmd, SK_DATA_PROTECT, ASC_WRITE_PROTECTED);
     /* The data-out buffer is one logical block, or nothing with NDOB.  Any
      * other size means the initiator and the CDB disagree on what is sent
      * (LIO's own WRITE SAME refuses it too): rather than guess which bytes
@@ -85,11 +90,6 @@ int sbc_write_same(struct scsi_lun *lun, struct scsi_cmd *cmd)
      * pointer. */
     if (iov_size(cmd->iov, cmd->iovcnt) != (ndob ? 0 : lun->block_size))
         return scsi_fail(cmd, SK_ILLEGAL_REQUEST, ASC_INVALID_FIELD_IN_CDB);
-    /* A read-only LUN refuses every write with DATA PROTECT, UNMAP bit or
-     * not, thin or not (a read-only raw file cannot learn whether its
-     * filesystem punches holes, so it is not thin). */
-    if (lun->read_only)
-        return scsi_fail(cmd, SK_DATA_PROTECT, ASC_WRITE_PROTECTED);
     if (unmap && !lun->thin)
         return scsi_fail_cdb_field(cmd, 1, 3);
 

@@ -783,6 +783,14 @@ static void test_read_only_not_thin(void)
     put_be32(p + 16, 1);
     unmap_cdb(c, 24);
     CHECK_SENSE(run(lun, c, 10, p, 24), 7, 0x2700);
+    /* Write protection comes before the data-out buffer is looked at:
+     * libiscsi sends WRITE SAME with UNMAP and no buffer at all. */
+    CHECK_SENSE(run(lun, c10, 10, NULL, 0), 7, 0x2700);
+    ws16(c, 0x08, 0, 1);
+    CHECK_SENSE(run(lun, c, 16, NULL, 0), 7, 0x2700);
+    uint8_t caw[16] = { 0x89 };
+    caw[13] = 1;
+    CHECK_SENSE(run(lun, caw, 16, blk, BS), 7, 0x2700);
     scsi_lun_free(lun);
     image_close(&m->img);
 
@@ -792,6 +800,7 @@ static void test_read_only_not_thin(void)
     cfg.img = &m->img;
     cfg.read_only = false;
     scsi_lun_new(&cfg, &lun);
+    unmap_cdb(c, 24);
     CHECK_SENSE(run(lun, c, 10, p, 24), 5, 0x2000);
     ws16(c, 0x08, 0, 1);
     CHECK_SENSE(run(lun, c, 16, blk, BS), 5, 0x2400);
