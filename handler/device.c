@@ -7,24 +7,15 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* The LUN's serial: the cfgstring's serial=, else the unit serial LIO
- * generated for the backstore (stable across saveconfig/restoreconfig),
- * else a digest of the image path. */
-static void pick_serial(const struct qlun_dev_params *p,
-                        const struct qlun_config *cfg, char *out, size_t size)
+/* The LUN's serial: the cfgstring's serial=, else a digest of the image
+ * path.  Not LIO's own unit serial: rtslib writes that only after the
+ * backstore is enabled, so it is missing when a LUN is created and present
+ * when tcmu-runner restarts, and the identity must not change between the
+ * two. */
+static void pick_serial(const struct qlun_config *cfg, char *out, size_t size)
 {
     if (cfg->serial[0]) {
         snprintf(out, size, "%s", cfg->serial);
-        return;
-    }
-    if (p->lio_serial && p->lio_serial[0]) {
-        /* A UUID: keep its hex digits, so the serial has no dashes. */
-        size_t n = 0;
-        for (const char *s = p->lio_serial;
-             *s && n + 1 < size && n < QLUN_SERIAL_MAX; s++)
-            if (*s != '-')
-                out[n++] = *s;
-        out[n] = '\0';
         return;
     }
     uint64_t h = 0xcbf29ce484222325ull;
@@ -90,7 +81,7 @@ int qlun_dev_open(const struct qlun_dev_params *p, struct qlun_dev **out,
         goto fail;
     }
 
-    pick_serial(p, &d->cfg, d->serial, sizeof(d->serial));
+    pick_serial(&d->cfg, d->serial, sizeof(d->serial));
     struct scsi_lun_config lc = {
         .img = d->img,
         .block_size = p->block_size,

@@ -17,7 +17,6 @@ struct qlun_dev_params {
     uint32_t block_size;       /* hw_block_size */
     uint64_t num_blocks;       /* backstore size / block_size */
     uint32_t max_xfer_blocks;  /* hw_max_sectors */
-    const char *lio_serial;    /* LIO's unit serial (a UUID), or NULL */
 };
 
 struct qlun_dev {

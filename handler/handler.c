@@ -36,17 +36,14 @@ static bool qlun_check_config(const char *cfgstring, char **reason)
 static int qlun_open(struct tcmu_device *dev, bool reopen)
 {
     char err[1024];
-    char *wwn = tcmu_cfgfs_dev_get_wwn(dev);
     struct qlun_dev_params p = {
         .cfgstring = tcmu_dev_get_cfgstring(dev),
         .block_size = tcmu_dev_get_block_size(dev),
         .num_blocks = tcmu_dev_get_num_lbas(dev),
         .max_xfer_blocks = tcmu_dev_get_max_xfer_len(dev),
-        .lio_serial = wwn,
     };
     struct qlun_dev *d;
     int ret = qlun_dev_open(&p, &d, err, sizeof(err));
-    free(wwn);
     if (ret < 0) {
         tcmu_dev_err(dev, "qlun: %s\n", err);
         return ret;
