@@ -31,11 +31,13 @@ declare -A CONF_ALLOWED_FAIL=(
     # LIO core: RESERVE(6)/RELEASE(6) never reach tcmu-runner (the kernel's
     # passthrough_parse_cdb emulates them, and PERSISTENT RESERVE IN/OUT).
     # Reserve6.Logout logs the holder out, logs it back in and expects the
-    # other initiator's RESERVE to succeed at once; whether LIO has dropped
-    # the logged-out session's reservation by then is a race in the kernel
-    # (seen failing and passing on qlun LUNs and on LIO fileio in this rig).
-    # Reserve6.ITNexusLoss fails after it, starting with that reservation
-    # still held; it passes whenever Reserve6.Logout does.
+    # other initiator's RESERVE to succeed at once.  LIO releases a session's
+    # SPC-2 reservation in transport_deregister_session(), which iSCSI runs
+    # when it tears the session down, after the Logout Response has gone out:
+    # a race with the suite's next command (seen failing and passing, on
+    # qlun LUNs and on LIO fileio alike, in this rig).  Reserve6.ITNexusLoss
+    # then starts with that reservation still held and fails too; it passes
+    # whenever Reserve6.Logout does.
     [Reserve6.Logout]="lio-core: SPC-2 reservation of a logged-out session not yet released (a race)"
     [Reserve6.ITNexusLoss]="lio-core: follows Reserve6.Logout's leftover reservation"
     # The suite's own bug when a physical block holds more than one logical

@@ -163,7 +163,8 @@ echo "================ test-conformance report ================"
 if [ -s "$WORK/report.txt" ]; then cat "$WORK/report.txt"; else echo "FAIL  guest wrote no report (rig status $GUEST_RC)"; fi
 [ "${#LABELS[@]}" -gt 0 ] || problems+=("no suite output to judge (rig status $GUEST_RC)")
 [ "$GUEST_RC" = 0 ] || problems+=("guest checks failed (rig status $GUEST_RC)")
-for p in "${problems[@]}"; do echo "FAIL  $p"; done
+for ((i = 0; i < ${#problems[@]} && i < 30; i++)); do echo "FAIL  ${problems[$i]}"; done
+[ "${#problems[@]}" -gt 30 ] && echo "FAIL  ... and $(( ${#problems[@]} - 30 )) more"
 echo "---------------------------------------------------------"
 echo "VM ${VM_SECS} s; $(( $(date +%s) - START )) s total"
 if [ "${#problems[@]}" -gt 0 ]; then

@@ -103,9 +103,12 @@ while read -r label kind lun; do
     # every finished test gets a time stamp (cu-*.ts); stdbuf does not do
     # it for this program
     cmd=$(printf '%q ' iscsi-test-cu --dataloss "${CU_ARGS[@]}" --test="$tests" "${urls[@]}")
-    timeout "$CU_TIMEOUT" script -qefc "$cmd" /dev/null 2>&1 | tr -d '\r' | tee "$OUT/cu-$name.txt" |
-        awk '{ getline up < "/proc/uptime"; close("/proc/uptime"); split(up, a, " ");
-               printf "%s %s\n", a[1], $0; fflush() }' >"$OUT/cu-$name.ts"
+    # (stdin: not the list this loop reads)
+    timeout "$CU_TIMEOUT" script -qefc "$cmd" /dev/null </dev/null 2>&1 |
+        awk -v txt="$OUT/cu-$name.txt" -v ts="$OUT/cu-$name.ts" '
+            { sub(/\r$/, ""); print > txt; fflush(txt)
+              getline up < "/proc/uptime"; close("/proc/uptime"); split(up, a, " ")
+              printf "%s %s\n", a[1], $0 > ts; fflush(ts) }'
     rc=${PIPESTATUS[0]}
     t1=$(cut -d' ' -f1 /proc/uptime)
     echo "$rc" >"$OUT/cu-$name.rc"
