@@ -194,13 +194,13 @@ int sbc_compare_and_write(struct scsi_lun *lun, struct scsi_cmd *cmd)
         return scsi_fail_cdb_field(cmd, 13, -1);
     if (!sbc_range_ok(lun, lba, n))
         return scsi_fail(cmd, SK_ILLEGAL_REQUEST, ASC_LBA_OUT_OF_RANGE);
+    if (lun->read_only)                      /* whatever data came */
+        return scsi_fail(cmd, SK_DATA_PROTECT, ASC_WRITE_PROTECTED);
     /* The data-out buffer is exactly n blocks to compare and n to write.
      * Any other size (the NUMBER OF LOGICAL BLOCKS byte cannot say 256: a
      * 256-block buffer arrives with 0 there) means the initiator and the
      * CDB disagree; LIO's own emulation refuses such a write as well, and
      * guessing which half is which would compare the wrong bytes. */
-    if (lun->read_only)                      /* whatever data came */
-        return scsi_fail(cmd, SK_DATA_PROTECT, ASC_WRITE_PROTECTED);
     size_t len = (size_t)(n << lun->block_shift);
     if (iov_size(cmd->iov, cmd->iovcnt) != 2 * len)
         return scsi_fail_cdb_field(cmd, 13, -1);
