@@ -15,7 +15,7 @@
 #                         multipath tests need a second path; the second
 #                         session logs in as ...:iscsi-test-2
 #   cu-<label>-ro.txt     --test=SCSI.ReadOnly.* against the read-only twin
-# plus cu-*.ts (each line with the guest's uptime: per-test timing), cu-*.rc.
+# plus cu-*.rc and cu-*.secs (exit status, seconds).
 # out/runs.txt lists "label kind lun" for the host, which parses and judges.
 . "$QLUN_REPO/tests/e2e/lib.sh"
 RIG_REPORT_FILE=$RIG_SHARE/report.txt
@@ -99,17 +99,10 @@ while read -r label kind lun; do
     fi
     rig_log "LUN $lun ($name): iscsi-test-cu --dataloss --test=$tests ${#urls[@]} URL(s)"
     t0=$(cut -d' ' -f1 /proc/uptime)
-    # on a pseudo-terminal, so that the suite's stdio is line-buffered and
-    # every finished test gets a time stamp (cu-*.ts); stdbuf does not do
-    # it for this program
-    cmd=$(printf '%q ' iscsi-test-cu --dataloss "${CU_ARGS[@]}" --test="$tests" "${urls[@]}")
     # (stdin: not the list this loop reads)
-    timeout "$CU_TIMEOUT" script -qefc "$cmd" /dev/null </dev/null 2>&1 |
-        awk -v txt="$OUT/cu-$name.txt" -v ts="$OUT/cu-$name.ts" '
-            { sub(/\r$/, ""); print > txt; fflush(txt)
-              getline up < "/proc/uptime"; close("/proc/uptime"); split(up, a, " ")
-              printf "%s %s\n", a[1], $0 > ts; fflush(ts) }'
-    rc=${PIPESTATUS[0]}
+    timeout "$CU_TIMEOUT" iscsi-test-cu --dataloss "${CU_ARGS[@]}" --test="$tests" \
+        "${urls[@]}" </dev/null >"$OUT/cu-$name.txt" 2>&1
+    rc=$?
     t1=$(cut -d' ' -f1 /proc/uptime)
     echo "$rc" >"$OUT/cu-$name.rc"
     secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.0f", b - a }')
