@@ -169,6 +169,7 @@ int scsi_lun_exec(struct scsi_lun *lun, struct scsi_cmd *cmd)
         st = scsi_fail_cdb_field(cmd, (unsigned)need - 1, 2);
         goto out;
     }
+    scsi_stat_add(lun, by_command[scsi_opcode_index(op)], 1);
     st = op->exec(lun, cmd);
 out:
     if (st != SCSI_STATUS_GOOD)
@@ -202,20 +203,25 @@ int scsi_lun_stats_json(struct scsi_lun *lun, char *buf, size_t size)
            ",\"bytes_unmapped\":%" PRIu64 ",\"errors\":%" PRIu64
            ",\"commands\":{", lun->serial, s.bytes_read, s.bytes_written,
            s.bytes_zeroed, s.bytes_unmapped, s.errors);
+    /* Implemented commands by name (service actions apart), then what
+     * was left: opcodes we lack, or a service action we lack. */
     bool first = true;
-    for (int op = 0; op < 256; op++) {
-        if (!s.commands[op])
+    uint64_t named[256] = { 0 };
+    for (size_t i = 0; i < scsi_opcode_count(); i++) {
+        const struct scsi_opcode *o = scsi_opcode_at(i);
+        uint64_t count = atomic_load(&lun->stats.by_command[i]);
+        named[o->opcode] += count;
+        if (!count)
             continue;
-        /* Opcodes with service actions are counted once, by opcode. */
-        const struct scsi_opcode *o =
-            scsi_opcode_has_sa((uint8_t)op) ? NULL
-                                            : scsi_opcode_find((uint8_t)op, 0);
-        if (o)
-            APPEND("%s\"%s\":%" PRIu64, first ? "" : ",", o->name,
-                   s.commands[op]);
-        else
-            APPEND("%s\"opcode 0x%02x\":%" PRIu64, first ? "" : ",", op,
-                   s.commands[op]);
+        APPEND("%s\"%s\":%" PRIu64, first ? "" : ",", o->name, count);
+        first = false;
+    }
+    for (int op = 0; op < 256; op++) {
+        if (s.commands[op] <= named[op])
+            continue;
+        APPEND("%s\"opcode 0x%02x%s\":%" PRIu64, first ? "" : ",", op,
+               scsi_opcode_known((uint8_t)op) ? " (other service action)" : "",
+               s.commands[op] - named[op]);
         first = false;
     }
     APPEND("}}");

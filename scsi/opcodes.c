@@ -1,5 +1,6 @@
 /* qlun — the table of commands we implement, with their CDB usage data
  * (what REPORT SUPPORTED OPERATION CODES returns), and that command. */
+#include <assert.h>
 #include <string.h>
 
 #include "common/util.h"
@@ -80,6 +81,26 @@ static const struct scsi_opcode opcodes[] = {
     { 0xae, 0, 12, sbc_write_and_verify, "WRITE AND VERIFY (12)", U_VERIFY12 },
     { 0xaf, 0, 12, sbc_verify, "VERIFY (12)", U_VERIFY12 },
 };
+
+_Static_assert(ARRAY_SIZE(opcodes) <= SCSI_MAX_COMMANDS,
+               "raise SCSI_MAX_COMMANDS");
+
+size_t scsi_opcode_count(void)
+{
+    return ARRAY_SIZE(opcodes);
+}
+
+const struct scsi_opcode *scsi_opcode_at(size_t i)
+{
+    assert(i < ARRAY_SIZE(opcodes));
+    return &opcodes[i];
+}
+
+size_t scsi_opcode_index(const struct scsi_opcode *op)
+{
+    assert(op >= opcodes && op < opcodes + ARRAY_SIZE(opcodes));
+    return (size_t)(op - opcodes);
+}
 
 /* Opcodes whose commands are told apart by a service action in byte 1. */
 bool scsi_opcode_has_sa(uint8_t opcode)

@@ -55,6 +55,9 @@ enum {
 #define SCSI_MAX_WRITE_SAME_BLOCKS  0x400000u
 #define SCSI_MAX_COMPARE_AND_WRITE  128u       /* blocks */
 
+/* Room for the commands of the opcode table (opcodes.c asserts it). */
+#define SCSI_MAX_COMMANDS 64
+
 struct scsi_lun {
     struct image *img;
     uint32_t block_size;
@@ -80,6 +83,9 @@ struct scsi_lun {
 
     struct {
         atomic_uint_least64_t commands[256];   /* by opcode */
+        /* by implemented command (service actions apart): index in the
+         * opcode table */
+        atomic_uint_least64_t by_command[SCSI_MAX_COMMANDS];
         atomic_uint_least64_t errors;
         atomic_uint_least64_t bytes_read;
         atomic_uint_least64_t bytes_written;
@@ -101,6 +107,10 @@ struct scsi_opcode {
     uint8_t usage[15];         /* CDB usage data after the opcode byte */
 };
 bool scsi_opcode_has_sa(uint8_t opcode);
+/* The table itself: entries 0 .. scsi_opcode_count()-1. */
+size_t scsi_opcode_count(void);
+const struct scsi_opcode *scsi_opcode_at(size_t i);
+size_t scsi_opcode_index(const struct scsi_opcode *op);
 /* The command for opcode (and service action); NULL if unsupported. */
 const struct scsi_opcode *scsi_opcode_find(uint8_t opcode, uint16_t sa);
 bool scsi_opcode_known(uint8_t opcode);

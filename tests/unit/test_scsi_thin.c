@@ -717,10 +717,17 @@ static void test_stats(struct scsi_lun *lun)
     CHECK(s.bytes_unmapped >= 256 * BS);
     CHECK(s.bytes_written > 0);
     CHECK(s.errors > 0);
+    uint8_t bad_sa[16] = { 0x9e, 0x1f };        /* a service action we lack */
+    CHECK_SENSE(run(lun, bad_sa, 16, NULL, 0), 5, 0x2400);
     char json[8192];
     int n = scsi_lun_stats_json(lun, json, sizeof(json));
     CHECK(n > 0 && (size_t)n < sizeof(json));
     CHECK(strstr(json, "\"WRITE SAME (16)\":") != NULL);
+    /* Service actions have names of their own. */
+    CHECK(strstr(json, "\"GET LBA STATUS\":") != NULL);
+    CHECK(strstr(json, "\"READ CAPACITY (16)\":") != NULL);
+    CHECK(strstr(json, "\"REPORT SUPPORTED OPERATION CODES\":") != NULL);
+    CHECK(strstr(json, "\"opcode 0x9e (other service action)\":1") != NULL);
     CHECK(strstr(json, "\"bytes_zeroed\":") != NULL);
     /* Truncation behaves like snprintf. */
     char small[16];
