@@ -76,7 +76,7 @@ int main(void)
     CHECK(buf[0] == 0 && buf[1] == model[300001]);
 
     /* Aligned everything: the direct path. */
-    void *al;
+    void *al = NULL;
     CHECK_EQ(posix_memalign(&al, 4096, 8192), 0);
     memset(al, 0xab, 8192);
     CHECK_EQ(host_pwrite(&h, al, 8192, 512 * 1024), 0);
