@@ -4,44 +4,10 @@
 #include "common/util.h"
 #include "scsi/scsi.h"
 
-#include "check.h"
 #include "memimage.h"
+#include "scsi_harness.h"
 
 #define BLOCKS 16384u   /* 8 MiB of 512-byte blocks */
-
-static struct scsi_cmd last;
-
-/* Run one CDB with a flat data buffer; returns the status. */
-static int run(struct scsi_lun *lun, const uint8_t *cdb, size_t cdb_len,
-               void *buf, size_t len)
-{
-    struct iovec iov = { buf, len };
-    memset(&last, 0, sizeof(last));
-    last.cdb = cdb;
-    last.cdb_len = cdb_len;
-    last.iov = &iov;
-    last.iovcnt = buf ? 1 : 0;
-    return scsi_lun_exec(lun, &last);
-}
-
-/* Sense key and ASC/ASCQ of the last command (fixed or descriptor). */
-static int sense_key(void)
-{
-    return (last.sense[0] & 0x7f) == 0x72 ? last.sense[1] & 0xf
-                                          : last.sense[2] & 0xf;
-}
-static int sense_asc(void)
-{
-    return (last.sense[0] & 0x7f) == 0x72 ? get_be16(last.sense + 2)
-                                          : get_be16(last.sense + 12);
-}
-
-#define CHECK_SENSE(st, key, asc)                                            \
-    do {                                                                     \
-        CHECK_EQ(st, SCSI_STATUS_CHECK_CONDITION);                           \
-        CHECK_EQ(sense_key(), key);                                          \
-        CHECK_EQ(sense_asc(), asc);                                          \
-    } while (0)
 
 static void cdb_rw10(uint8_t *c, uint8_t op, uint32_t lba, uint16_t n,
                      uint8_t flags)

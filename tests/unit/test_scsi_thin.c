@@ -6,36 +6,13 @@
 #include "common/util.h"
 #include "scsi/scsi.h"
 
-#include "check.h"
 #include "memimage.h"
+#include "scsi_harness.h"
 
 #define BS 512u
 #define BLOCKS 16384u           /* 8 MiB */
 #define CLUSTER 65536u
 
-static _Thread_local struct scsi_cmd last;
-
-static int run(struct scsi_lun *lun, const uint8_t *cdb, size_t cdb_len,
-               void *buf, size_t len)
-{
-    struct iovec iov = { buf, len };
-    memset(&last, 0, sizeof(last));
-    last.cdb = cdb;
-    last.cdb_len = cdb_len;
-    last.iov = &iov;
-    last.iovcnt = buf ? 1 : 0;
-    return scsi_lun_exec(lun, &last);
-}
-
-static int sense_key(void) { return last.sense[2] & 0xf; }
-static int sense_asc(void) { return get_be16(last.sense + 12); }
-
-#define CHECK_SENSE(st, key, asc)                                            \
-    do {                                                                     \
-        CHECK_EQ(st, SCSI_STATUS_CHECK_CONDITION);                           \
-        CHECK_EQ(sense_key(), key);                                          \
-        CHECK_EQ(sense_asc(), asc);                                          \
-    } while (0)
 
 static struct scsi_lun *make_lun(struct memimage *m, uint64_t threshold)
 {
