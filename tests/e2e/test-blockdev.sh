@@ -24,28 +24,15 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 START=$(date +%s)
 
-BUILD=${QLUN_BUILD_DIR:-$REPO/build}
-if [ -z "${QLUN_HANDLER_DIR:-}" ]; then
-    h=$(find "$BUILD" -name handler_qlun.so -type f 2>/dev/null | head -1)
-    [ -n "$h" ] && QLUN_HANDLER_DIR=$(dirname "$(realpath "$h")")
-fi
-if [ -z "${QLUN_HANDLER_DIR:-}" ] || [ ! -f "$QLUN_HANDLER_DIR/handler_qlun.so" ]; then
-    echo "SKIP: handler_qlun.so not found (build it: scripts/build.sh --handler-only, or set QLUN_HANDLER_DIR)"
-    exit 77
-fi
-export QLUN_HANDLER_DIR QLUN_BUILD_DIR=$BUILD
-if ! command -v qemu-system-x86_64 >/dev/null || ! ls /boot/vmlinuz-* >/dev/null 2>&1; then
-    echo "SKIP: no qemu-system-x86_64 or /boot/vmlinuz-* (run scripts/install-rig-deps.sh)"
-    exit 77
-fi
+. "$HERE/host-lib.sh"
+e2e_find_handler
+e2e_need_rig
 if ! ls /usr/lib/x86_64-linux-gnu/qemu/block-iscsi.so >/dev/null 2>&1; then
     echo "SKIP: QEMU's iSCSI driver missing (apt-get install qemu-block-extra)"
     exit 77
 fi
 
-WORK=$(mktemp -d "${TMPDIR:-/var/tmp}/qlun-e2e-blockdev.XXXXXX")
-keep() { [ "${QLUN_E2E_KEEP:-0}" = 1 ] || [ "${FAILED:-1}" != 0 ]; }
-trap 'if keep; then echo "work dir kept: $WORK"; else rm -rf "$WORK"; fi' EXIT
+e2e_workdir blockdev
 
 QLUN_RIG_WORKDIR=$WORK "$HERE/rig.sh" --disk 8G "$HERE/guest/blockdev.sh"
 GUEST_RC=$?

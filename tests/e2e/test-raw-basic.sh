@@ -19,24 +19,11 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 START=$(date +%s)
 
-BUILD=${QLUN_BUILD_DIR:-$REPO/build}
-if [ -z "${QLUN_HANDLER_DIR:-}" ]; then
-    h=$(find "$BUILD" -name handler_qlun.so -type f 2>/dev/null | head -1)
-    [ -n "$h" ] && QLUN_HANDLER_DIR=$(dirname "$(realpath "$h")")
-fi
-if [ -z "${QLUN_HANDLER_DIR:-}" ] || [ ! -f "$QLUN_HANDLER_DIR/handler_qlun.so" ]; then
-    echo "SKIP: handler_qlun.so not found (build it: cmake -S $REPO -B $BUILD && cmake --build $BUILD, or set QLUN_HANDLER_DIR)"
-    exit 77
-fi
-export QLUN_HANDLER_DIR QLUN_BUILD_DIR=$BUILD
-if ! command -v qemu-system-x86_64 >/dev/null || ! ls /boot/vmlinuz-* >/dev/null 2>&1; then
-    echo "SKIP: no qemu-system-x86_64 or /boot/vmlinuz-* (run scripts/install-rig-deps.sh)"
-    exit 77
-fi
+. "$HERE/host-lib.sh"
+e2e_find_handler
+e2e_need_rig
 
-WORK=$(mktemp -d "${TMPDIR:-/var/tmp}/qlun-e2e-raw.XXXXXX")
-keep() { [ "${QLUN_E2E_KEEP:-0}" = 1 ] || [ "${FAILED:-1}" != 0 ]; }
-trap 'if keep; then echo "work dir kept: $WORK"; else rm -rf "$WORK"; fi' EXIT
+e2e_workdir raw
 
 # ---- inputs -------------------------------------------------------------------
 MB=${QLUN_E2E_PATTERN_MB:-64}

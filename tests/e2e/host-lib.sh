@@ -1,0 +1,34 @@
+# qlun e2e — host-side helpers shared by the test-*.sh scripts.
+# Source after setting HERE (this directory) and REPO (the checkout).
+
+# Find handler_qlun.so (QLUN_HANDLER_DIR, else under QLUN_BUILD_DIR or
+# <repo>/build) and export both for rig.sh; exit 77 (skip) without it.
+e2e_find_handler() {
+    BUILD=${QLUN_BUILD_DIR:-$REPO/build}
+    if [ -z "${QLUN_HANDLER_DIR:-}" ]; then
+        local h
+        h=$(find "$BUILD" -name handler_qlun.so -type f 2>/dev/null | head -1)
+        [ -n "$h" ] && QLUN_HANDLER_DIR=$(dirname "$(realpath "$h")")
+    fi
+    if [ -z "${QLUN_HANDLER_DIR:-}" ] || [ ! -f "$QLUN_HANDLER_DIR/handler_qlun.so" ]; then
+        echo "SKIP: handler_qlun.so not found (build it: scripts/build.sh --handler-only, or set QLUN_HANDLER_DIR)"
+        exit 77
+    fi
+    export QLUN_HANDLER_DIR QLUN_BUILD_DIR=$BUILD
+}
+
+# Exit 77 (skip) when the rig cannot boot here.
+e2e_need_rig() {
+    if ! command -v qemu-system-x86_64 >/dev/null || ! ls /boot/vmlinuz-* >/dev/null 2>&1; then
+        echo "SKIP: no qemu-system-x86_64 or /boot/vmlinuz-* (run scripts/install-rig-deps.sh)"
+        exit 77
+    fi
+}
+
+# WORK: a new work dir, removed at exit unless the test failed (FAILED
+# not 0) or QLUN_E2E_KEEP=1.
+e2e_workdir() {
+    WORK=$(mktemp -d "${TMPDIR:-/var/tmp}/qlun-e2e-$1.XXXXXX")
+    trap 'if [ "${QLUN_E2E_KEEP:-0}" = 1 ] || [ "${FAILED:-1}" != 0 ]; then
+              echo "work dir kept: $WORK"; else rm -rf "$WORK"; fi' EXIT
+}
