@@ -98,6 +98,18 @@ static void decode_verify(const uint8_t *cdb, uint64_t *lba, uint64_t *n,
     }
 }
 
+/* The range and transfer-length checks VERIFY and WRITE AND VERIFY share,
+ * in the order the sense must report them. */
+static int check_range(struct scsi_lun *lun, struct scsi_cmd *cmd,
+                       uint64_t lba, uint64_t n, unsigned len_byte)
+{
+    if (!sbc_range_ok(lun, lba, n))
+        return scsi_fail(cmd, SK_ILLEGAL_REQUEST, ASC_LBA_OUT_OF_RANGE);
+    if (n > lun->max_xfer_blocks)
+        return scsi_fail_cdb_field(cmd, len_byte, -1);
+    return SCSI_STATUS_GOOD;
+}
+
 int sbc_verify(struct scsi_lun *lun, struct scsi_cmd *cmd)
 {
     const uint8_t *cdb = cmd->cdb;
@@ -110,10 +122,9 @@ int sbc_verify(struct scsi_lun *lun, struct scsi_cmd *cmd)
         return scsi_fail_cdb_field(cmd, 1, 7);
     if (bytchk == 2)                          /* reserved */
         return scsi_fail_cdb_field(cmd, 1, 2);
-    if (!sbc_range_ok(lun, lba, n))
-        return scsi_fail(cmd, SK_ILLEGAL_REQUEST, ASC_LBA_OUT_OF_RANGE);
-    if (n > lun->max_xfer_blocks)
-        return scsi_fail_cdb_field(cmd, len_byte, -1);
+    int st = check_range(lun, cmd, lba, n, len_byte);
+    if (st != SCSI_STATUS_GOOD)
+        return st;
     if (n == 0)
         return SCSI_STATUS_GOOD;
 
@@ -131,7 +142,7 @@ int sbc_verify(struct scsi_lun *lun, struct scsi_cmd *cmd)
     uint8_t *expected = sbc_data_out(cmd, want);
     if (!expected)
         return scsi_fail_cdb_field(cmd, len_byte, -1);
-    int st = compare_medium(lun, cmd, lba, n, expected, bytchk);
+    st = compare_medium(lun, cmd, lba, n, expected, bytchk);
     free(expected);
     return st;
 }
@@ -148,10 +159,9 @@ int sbc_write_and_verify(struct scsi_lun *lun, struct scsi_cmd *cmd)
         return scsi_fail_cdb_field(cmd, 1, 7);
     if (bytchk > 1)                           /* only 00b and 01b exist */
         return scsi_fail_cdb_field(cmd, 1, 2);
-    if (!sbc_range_ok(lun, lba, n))
-        return scsi_fail(cmd, SK_ILLEGAL_REQUEST, ASC_LBA_OUT_OF_RANGE);
-    if (n > lun->max_xfer_blocks)
-        return scsi_fail_cdb_field(cmd, len_byte, -1);
+    int st = check_range(lun, cmd, lba, n, len_byte);
+    if (st != SCSI_STATUS_GOOD)
+        return st;
     if (lun->read_only)
         return scsi_fail(cmd, SK_DATA_PROTECT, ASC_WRITE_PROTECTED);
     if (n == 0)
@@ -166,7 +176,6 @@ int sbc_write_and_verify(struct scsi_lun *lun, struct scsi_cmd *cmd)
     int ret = image_write(lun->img, data, len, lba << lun->block_shift,
                           IMAGE_FUA);
     pthread_rwlock_unlock(&lun->write_lock);
-    int st;
     if (ret < 0) {
         st = scsi_fail_errno(cmd, ret, lba, true);
     } else {
