@@ -32,3 +32,26 @@ e2e_workdir() {
     trap 'if [ "${QLUN_E2E_KEEP:-0}" = 1 ] || [ "${FAILED:-1}" != 0 ]; then
               echo "work dir kept: $WORK"; else rm -rf "$WORK"; fi' EXIT
 }
+
+# Print the guest's report and figures, then exit: 0 if the guest script
+# passed and wrote a report, 1 otherwise.  $1: test name, $2: rig status.
+e2e_finish() {
+    local name=$1 rc=$2 pass fail
+    echo
+    echo "================ test-$name report ================"
+    if [ -s "$WORK/report.txt" ]; then cat "$WORK/report.txt"; else echo "FAIL  guest wrote no report (rig status $rc)"; fi
+    echo "---------------- figures ----------------"
+    cat "$WORK/figures.txt" 2>/dev/null
+    fail=$(grep -c '^FAIL' "$WORK/report.txt" 2>/dev/null)
+    pass=$(grep -c '^PASS' "$WORK/report.txt" 2>/dev/null)
+    echo "--------------------------------------------------"
+    echo "guest: ${pass:-0} passed, ${fail:-0} failed (rig status $rc); $(( $(date +%s) - START )) s total"
+    FAILED=0
+    [ "$rc" = 0 ] && [ -s "$WORK/report.txt" ] || FAILED=1
+    if [ "$FAILED" != 0 ]; then
+        echo "FAIL (logs: $WORK/guest.log, $WORK/console.log, $WORK/logs/tcmu-runner.log, $WORK/out/)"
+        exit 1
+    fi
+    echo "PASS"
+    exit 0
+}

@@ -36,21 +36,4 @@ e2e_workdir blockdev
 
 QLUN_RIG_WORKDIR=$WORK "$HERE/rig.sh" --disk 8G "$HERE/guest/blockdev.sh"
 GUEST_RC=$?
-
-echo
-echo "================ test-blockdev report ================"
-if [ -s "$WORK/report.txt" ]; then cat "$WORK/report.txt"; else echo "FAIL  guest wrote no report (rig status $GUEST_RC)"; fi
-echo "---------------- figures ----------------"
-cat "$WORK/figures.txt" 2>/dev/null
-GUEST_FAIL=$(grep -c '^FAIL' "$WORK/report.txt" 2>/dev/null)
-GUEST_PASS=$(grep -c '^PASS' "$WORK/report.txt" 2>/dev/null)
-echo "--------------------------------------------------"
-echo "guest: ${GUEST_PASS:-0} passed, ${GUEST_FAIL:-0} failed (rig status $GUEST_RC); $(( $(date +%s) - START )) s total"
-FAILED=0
-[ "$GUEST_RC" = 0 ] && [ -s "$WORK/report.txt" ] || FAILED=1
-if [ "$FAILED" != 0 ]; then
-    echo "FAIL (logs: $WORK/guest.log, $WORK/console.log, $WORK/logs/tcmu-runner.log, $WORK/out/)"
-    exit 1
-fi
-echo "PASS"
-exit 0
+e2e_finish blockdev "$GUEST_RC"
