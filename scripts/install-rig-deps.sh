@@ -16,7 +16,7 @@ PKGS="
   e2fsprogs util-linux iproute2 procps sysvinit-utils coreutils mawk
   tcmu-runner targetcli-fb python3-rtslib-fb python3-dbus python3-gi
   dbus dbus-bin dbus-daemon
-  open-iscsi sg3-utils fio libiscsi-bin
+  open-iscsi sg3-utils fio libiscsi-bin qemu-block-extra
 "
 
 if [ "$(id -u)" != 0 ]; then
