@@ -17,6 +17,28 @@
 #include "../common/iov.h"
 #include "../common/util.h"
 
+static int blk_range_ioctl(int fd, unsigned long req, uint64_t range[2])
+{
+    return ioctl(fd, req, range);
+}
+
+struct host_syscalls host_sys = {
+    .preadv = preadv,
+    .pwritev = pwritev,
+    .fdatasync = fdatasync,
+    .fallocate = fallocate,
+    .ftruncate = ftruncate,
+    .blk_range_ioctl = blk_range_ioctl,
+};
+
+/* Before any modification: a failed flush fails it (see flush_error). */
+static int check_writable(struct host *h)
+{
+    if (h->read_only)
+        return -EROFS;
+    return atomic_load(&h->flush_error) ? -EIO : 0;
+}
+
 /* Read an unsigned number from a sysfs file; 0 if absent. */
 static uint64_t sysfs_u64(const char *path)
 {
@@ -209,8 +231,8 @@ static int rw_full(struct host *h, const struct iovec *iov, int iovcnt,
     while (!iov_cursor_done(&cur)) {
         const struct iovec *v = iov_cursor_vec(&cur);
         int cnt = iov_cursor_cnt(&cur);
-        ssize_t n = write ? pwritev(h->fd, v, cnt, (off_t)off)
-                          : preadv(h->fd, v, cnt, (off_t)off);
+        ssize_t n = write ? host_sys.pwritev(h->fd, v, cnt, (off_t)off)
+                          : host_sys.preadv(h->fd, v, cnt, (off_t)off);
         if (n < 0) {
             if (errno == EINTR)
                 continue;
@@ -333,14 +355,15 @@ int host_preadv(struct host *h, const struct iovec *iov, int iovcnt,
 int host_pwritev(struct host *h, const struct iovec *iov, int iovcnt,
                  uint64_t off)
 {
-    if (h->read_only)
-        return -EROFS;
+    int ret = check_writable(h);
+    if (ret < 0)
+        return ret;
     if (!h->direct)
         return pwritev_full(h, iov, iovcnt, off);
     if (!request_aligned(h, iov, iovcnt, off))
         return direct_bounce_write(h, iov, iovcnt, off);
     pthread_rwlock_rdlock(&h->rmw_lock);
-    int ret = pwritev_full(h, iov, iovcnt, off);
+    ret = pwritev_full(h, iov, iovcnt, off);
     pthread_rwlock_unlock(&h->rmw_lock);
     return ret;
 }
@@ -349,24 +372,33 @@ int host_flush(struct host *h)
 {
     if (h->read_only)
         return 0;
-    if (fdatasync(h->fd) < 0)
-        return -errno;
-    return 0;
+    if (atomic_load(&h->flush_error))
+        return -EIO;
+    if (host_sys.fdatasync(h->fd) == 0)
+        return 0;
+    int err = -errno;
+    int expected = 0;
+    atomic_compare_exchange_strong(&h->flush_error, &expected, err);
+    fprintf(stderr, "qlun: fdatasync failed: %s; from now on every flush "
+            "and write of this image fails until it is reopened\n",
+            strerror(-err));
+    return err;
 }
 
 static int blkdev_range_ioctl(struct host *h, unsigned long req,
                               uint64_t off, uint64_t len)
 {
     uint64_t range[2] = { off, len };
-    if (ioctl(h->fd, req, range) < 0)
+    if (host_sys.blk_range_ioctl(h->fd, req, range) < 0)
         return errno == EINVAL || errno == EOPNOTSUPP ? -ENOTSUP : -errno;
     return 0;
 }
 
 int host_zero(struct host *h, uint64_t off, uint64_t len, bool may_unmap)
 {
-    if (h->read_only)
-        return -EROFS;
+    int ret = check_writable(h);
+    if (ret < 0)
+        return ret;
     if (len == 0)
         return 0;
     if (h->is_blockdev) {
@@ -376,8 +408,8 @@ int host_zero(struct host *h, uint64_t off, uint64_t len, bool may_unmap)
          * PUNCH_HOLE lets the device deallocate, ZERO_RANGE (BLKZEROOUT)
          * keeps the blocks mapped.  Both read back as zeros. */
         if (may_unmap &&
-            fallocate(h->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-                      (off_t)off, (off_t)len) == 0)
+            host_sys.fallocate(h->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                               (off_t)off, (off_t)len) == 0)
             return 0;
         return blkdev_range_ioctl(h, BLKZEROOUT, off, len);
     }
@@ -396,7 +428,7 @@ int host_zero(struct host *h, uint64_t off, uint64_t len, bool may_unmap)
     /* A hole punched past end of file would not extend it; the callers
      * (format drivers) only zero inside what they own, so KEEP_SIZE is
      * right for holes, and ZERO_RANGE may extend the file as a write would. */
-    if (fallocate(h->fd, mode, (off_t)off, (off_t)len) < 0) {
+    if (host_sys.fallocate(h->fd, mode, (off_t)off, (off_t)len) < 0) {
         if (errno != EOPNOTSUPP)
             return -errno;
         if (mode == FALLOC_FL_ZERO_RANGE) {
@@ -412,8 +444,9 @@ int host_zero(struct host *h, uint64_t off, uint64_t len, bool may_unmap)
 
 int host_discard(struct host *h, uint64_t off, uint64_t len)
 {
-    if (h->read_only)
-        return -EROFS;
+    int ret = check_writable(h);
+    if (ret < 0)
+        return ret;
     if (len == 0)
         return 0;
     if (h->is_blockdev)
@@ -421,8 +454,8 @@ int host_discard(struct host *h, uint64_t off, uint64_t len)
                               : -ENOTSUP;
     if (!h->can_punch_hole)
         return -ENOTSUP;
-    if (fallocate(h->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-                  (off_t)off, (off_t)len) < 0)
+    if (host_sys.fallocate(h->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                           (off_t)off, (off_t)len) < 0)
         return errno == EOPNOTSUPP ? -ENOTSUP : -errno;
     return 0;
 }
@@ -431,9 +464,10 @@ int host_truncate(struct host *h, uint64_t size)
 {
     if (h->is_blockdev)
         return -ENOTSUP;
-    if (h->read_only)
-        return -EROFS;
-    if (ftruncate(h->fd, (off_t)size) < 0)
+    int ret = check_writable(h);
+    if (ret < 0)
+        return ret;
+    if (host_sys.ftruncate(h->fd, (off_t)size) < 0)
         return -errno;
     return 0;
 }

@@ -16,6 +16,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 #include <sys/uio.h>
 
 #include "image.h"
@@ -40,7 +41,29 @@ struct host {
     /* O_DIRECT: unaligned writes read-modify-write whole blocks, so they
      * exclude every other write (held shared by aligned ones). */
     pthread_rwlock_t rmw_lock;
+    /* The first failed host_flush (negative errno), kept until close.
+     * After fdatasync fails, Linux has marked the failed pages clean: the
+     * next fdatasync succeeds although the data never reached the disk,
+     * and nothing says which writes were lost.  So one failure fails
+     * every later flush and every later modification (-EIO), as QEMU's
+     * file driver does; reads go on.  Whatever the errno, ENOSPC too: the
+     * pages are gone just the same. */
+    atomic_int flush_error;
 };
+
+/* The system calls host.c makes on storage, through one table so that
+ * tests can record them (crash simulation) or make them fail (fault
+ * injection).  Production code never changes it. */
+struct host_syscalls {
+    ssize_t (*preadv)(int fd, const struct iovec *iov, int cnt, off_t off);
+    ssize_t (*pwritev)(int fd, const struct iovec *iov, int cnt, off_t off);
+    int (*fdatasync)(int fd);
+    int (*fallocate)(int fd, int mode, off_t off, off_t len);
+    int (*ftruncate)(int fd, off_t len);
+    /* BLKZEROOUT, BLKDISCARD: range = { offset, length } */
+    int (*blk_range_ioctl)(int fd, unsigned long req, uint64_t range[2]);
+};
+extern struct host_syscalls host_sys;
 
 /* Flags for host_open(). */
 #define HOST_READ_ONLY (1u << 0)
@@ -70,7 +93,8 @@ int host_pwrite(struct host *h, const void *buf, size_t len, uint64_t off);
 int host_pwritev(struct host *h, const struct iovec *iov, int iovcnt,
                  uint64_t off);
 
-/* fdatasync: every completed write durable. */
+/* fdatasync: every completed write durable.  A failure is latched (see
+ * flush_error): from then on every flush and modification fails. */
 int host_flush(struct host *h);
 
 /* Make [off, off+len) read as zeros without writing data.

