@@ -3,6 +3,7 @@
 #include "image.h"
 
 #include <assert.h>
+#include <stdatomic.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,6 +35,24 @@ static void assert_range(const struct image *img, uint64_t off, uint64_t len)
     (void)img, (void)off, (void)len;
 }
 
+unsigned image_state(const struct image *img)
+{
+    return atomic_load(&img->state);
+}
+
+void image_set_state(struct image *img, unsigned bits)
+{
+    atomic_fetch_or(&img->state, bits);
+}
+
+/* Every modification: refused on a read-only or write-protected image. */
+static int check_writable(const struct image *img)
+{
+    if (img->info.read_only || (image_state(img) & IMAGE_STATE_CORRUPT))
+        return -EROFS;
+    return 0;
+}
+
 int image_readv(struct image *img, const struct iovec *iov, int iovcnt,
                 uint64_t off)
 {
@@ -46,8 +65,9 @@ int image_writev(struct image *img, const struct iovec *iov, int iovcnt,
 {
     assert((flags & ~IMAGE_FUA) == 0);
     assert_range(img, off, iov_size(iov, iovcnt));
-    if (img->info.read_only)
-        return -EROFS;
+    int ret = check_writable(img);
+    if (ret < 0)
+        return ret;
     return img->ops->writev(img, iov, iovcnt, off, flags);
 }
 
@@ -68,6 +88,8 @@ int image_flush(struct image *img)
 {
     if (img->info.read_only)
         return 0;
+    if (image_state(img) & IMAGE_STATE_WRITES_LOST)
+        return -EIO;
     return img->ops->flush(img);
 }
 
@@ -93,12 +115,13 @@ int image_zero(struct image *img, uint64_t off, uint64_t len, unsigned flags)
 {
     assert((flags & ~(IMAGE_MAY_UNMAP | IMAGE_NO_FALLBACK)) == 0);
     assert_range(img, off, len);
-    if (img->info.read_only)
-        return -EROFS;
+    int ret = check_writable(img);
+    if (ret < 0)
+        return ret;
     if (len == 0)
         return 0;
     if (img->ops->zero) {
-        int ret = img->ops->zero(img, off, len, flags);
+        ret = img->ops->zero(img, off, len, flags);
         if (ret != -ENOTSUP)
             return ret;
     }
@@ -110,8 +133,9 @@ int image_zero(struct image *img, uint64_t off, uint64_t len, unsigned flags)
 int image_discard(struct image *img, uint64_t off, uint64_t len)
 {
     assert_range(img, off, len);
-    if (img->info.read_only)
-        return -EROFS;
+    int ret = check_writable(img);
+    if (ret < 0)
+        return ret;
     if (len == 0 || !img->ops->discard)
         return 0;
     return img->ops->discard(img, off, len);

@@ -23,6 +23,7 @@
 #ifndef QLUN_BLOCK_IMAGE_H
 #define QLUN_BLOCK_IMAGE_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -45,7 +46,9 @@ enum image_extent_kind {
     IMAGE_EXTENT_UNALLOCATED, /* deallocated: reads as zeros, uses no space */
 };
 
-/* What a driver tells the layers above about itself.  Filled at open. */
+/* What a driver tells the layers above about itself.  Filled at open and
+ * never changed after: what changes while the image is open is its state
+ * (image_state()). */
 struct image_info {
     const char *format;         /* "raw", "qcow2" */
     uint32_t cluster_size;      /* allocation unit in bytes; 0 = none */
@@ -88,12 +91,24 @@ struct image_ops {
     int (*close)(struct image *img);
 };
 
+/* Run-time state bits (image_state()).  A driver sets them with
+ * image_set_state(); a bit once set stays set until the image is closed,
+ * so a caller that saw a bit may act on it without a lock. */
+/* The metadata was found corrupt: the image is write-protected from now
+ * on (every write, zero and discard fails -EROFS; reads of intact parts
+ * go on). */
+#define IMAGE_STATE_CORRUPT     (1u << 0)
+/* Writes acknowledged before can no longer be made durable: every later
+ * flush fails -EIO, so no SYNCHRONIZE CACHE answers GOOD for them. */
+#define IMAGE_STATE_WRITES_LOST (1u << 1)
+
 /* The common part of every open image.  Drivers embed it first in their
  * own state and set ops, size and info. */
 struct image {
     const struct image_ops *ops;
     uint64_t size;           /* virtual size in bytes */
     struct image_info info;
+    _Atomic unsigned state;  /* IMAGE_STATE_* */
 };
 
 /* How to open an image (filled by the handler from the cfgstring). */
@@ -126,6 +141,10 @@ int image_discard(struct image *img, uint64_t off, uint64_t len);
 int image_block_status(struct image *img, uint64_t off, uint64_t len,
                        enum image_extent_kind *kind, uint64_t *extent_len);
 int64_t image_allocated_bytes(struct image *img);
+/* IMAGE_STATE_* bits set so far. */
+unsigned image_state(const struct image *img);
+/* For drivers: set state bits (never clears). */
+void image_set_state(struct image *img, unsigned bits);
 /* Close and free; returns the driver's close status (the image is freed
  * either way).  NULL is a no-op. */
 int image_close(struct image *img);

@@ -196,7 +196,7 @@ int qcow2_set_l2e(struct qcow2 *q, uint64_t gc, uint64_t entry,
     uint64_t l2i, l2off = 0;
     void *t;
     /* Another request may have found corruption since we started. */
-    if (q->corrupt)
+    if (qcow2_is_corrupt(q))
         return -EUCLEAN;
     split(q, gc, &l1i, &l2i);
     int ret = l2_table_for_write(q, l1i, &l2off);

@@ -41,17 +41,23 @@ int qcow2_write_header_u64(struct qcow2 *q, unsigned field, uint64_t v)
 
 int qcow2_corrupt(struct qcow2 *q, const char *fmt, ...)
 {
-    if (q->corrupt)
+    if (qcow2_is_corrupt(q))
         return -EUCLEAN;
     char msg[256];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
-    fprintf(stderr, "qlun: qcow2 %s: %s; image marked corrupt and read-only "
-            "(run 'qemu-img check -r all')\n", q->path, msg);
-    q->corrupt = true;
-    q->img.info.read_only = true;
+    /* Writing back cached L2 tables would trust metadata just shown to
+     * be wrong (a refcount error may mean a cluster has two owners): the
+     * writes they record are given up, and said to be. */
+    bool lost = q->l2_cache && cache_has_dirty(q->l2_cache);
+    fprintf(stderr, "qlun: qcow2 %s: %s; image marked corrupt and "
+            "write-protected%s (run 'qemu-img check -r all')\n", q->path, msg,
+            lost ? "; writes not yet flushed are lost, later flushes fail"
+                 : "");
+    image_set_state(&q->img, IMAGE_STATE_CORRUPT |
+                                 (lost ? IMAGE_STATE_WRITES_LOST : 0));
     if (!q->host.read_only && q->version >= 3) {
         q->incompat |= INCOMPAT_CORRUPT;
         (void)qcow2_write_header_u64(q, HDR_INCOMPAT, q->incompat);
@@ -64,7 +70,7 @@ int qcow2_prepare_write(struct qcow2 *q)
     int ret;
     if (q->write_ready)
         return 0;
-    if (q->corrupt)
+    if (qcow2_is_corrupt(q))
         return -EUCLEAN;
     /* We maintain no autoclear feature: clear them all before writing. */
     if (q->autoclear) {

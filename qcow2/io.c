@@ -660,7 +660,7 @@ static int qcow2_writev(struct image *img, const struct iovec *iov,
     int ret;
 
     assert_range(q, off, len);
-    if (q->corrupt)
+    if (qcow2_is_corrupt(q))
         return -EUCLEAN;
     if (len == 0)
         return 0;
@@ -799,7 +799,7 @@ static int zero_range(struct qcow2 *q, uint64_t off, uint64_t len,
     int ret = 0;
 
     assert_range(q, off, len);
-    if (q->corrupt)
+    if (qcow2_is_corrupt(q))
         return -EUCLEAN;
     if (len == 0)
         return 0;
@@ -872,7 +872,7 @@ static int qcow2_flush(struct image *img)
 {
     struct qcow2 *q = to_qcow2(img);
     pthread_mutex_lock(&q->lock);
-    int ret = q->corrupt ? host_flush(&q->host) : qcow2_meta_sync(q);
+    int ret = qcow2_is_corrupt(q) ? host_flush(&q->host) : qcow2_meta_sync(q);
     pthread_mutex_unlock(&q->lock);
     return ret;
 }
@@ -884,7 +884,7 @@ static int qcow2_close(struct image *img)
     if (!q->host.read_only) {
         pthread_mutex_lock(&q->lock);
         assert(q->ranges == NULL);
-        if (q->corrupt) {
+        if (qcow2_is_corrupt(q)) {
             ret = host_flush(&q->host);
         } else {
             ret = qcow2_meta_sync(q);

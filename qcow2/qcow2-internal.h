@@ -200,7 +200,6 @@ struct qcow2 {
     size_t npending, pending_cap;
     bool lazy;                /* lazy refcounts in use (dirty bit) */
     bool write_ready;         /* header prepared for writing */
-    bool corrupt;             /* found corrupt: no more writes */
     uint8_t *zero_buf;        /* cluster_size zeros, read-only */
 };
 
@@ -209,15 +208,23 @@ static inline struct qcow2 *to_qcow2(struct image *img)
     return (struct qcow2 *)img;
 }
 
+static inline bool qcow2_is_corrupt(const struct qcow2 *q)
+{
+    return image_state(&q->img) & IMAGE_STATE_CORRUPT;
+}
+
 /* ---- header.c ---- */
 
 /* Write the 8-byte feature field at HDR_INCOMPAT/HDR_AUTOCLEAR (big endian)
  * and host_flush().  Called with lock held. */
 int qcow2_write_header_u64(struct qcow2 *q, unsigned field, uint64_t v);
 
-/* Mark the image corrupt: log msg to stderr, set the corrupt bit on disk
- * (v3, read-write), refuse writes from now on.  Returns -EUCLEAN so callers
- * can "return qcow2_corrupt(...)".  Lock held. */
+/* Mark the image corrupt: log msg to stderr, set IMAGE_STATE_CORRUPT
+ * (writes refused from now on) and the corrupt bit on disk (v3,
+ * read-write).  Metadata is never written again: L2 entries of
+ * acknowledged writes still only in the cache are lost, and then
+ * IMAGE_STATE_WRITES_LOST fails every later flush.  Returns -EUCLEAN so
+ * callers can "return qcow2_corrupt(...)".  Lock held. */
 int qcow2_corrupt(struct qcow2 *q, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 

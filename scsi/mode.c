@@ -97,7 +97,7 @@ int spc_mode_sense(struct scsi_lun *lun, struct scsi_cmd *cmd)
     }
 
     /* Device-specific parameter: WP, and DPOFUA (we honour FUA). */
-    uint8_t dsp = 0x10 | (lun->read_only ? 0x80 : 0);
+    uint8_t dsp = 0x10 | (lun_write_protected(lun) ? 0x80 : 0);
     if (ten) {
         put_be16(b, (uint16_t)(len - 2));
         b[3] = dsp;

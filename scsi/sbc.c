@@ -171,7 +171,7 @@ int sbc_write(struct scsi_lun *lun, struct scsi_cmd *cmd)
     int st = check_rw(lun, cmd, &r);
     if (st != SCSI_STATUS_GOOD)
         return st;
-    if (lun->read_only)
+    if (lun_write_protected(lun))
         return scsi_fail(cmd, SK_DATA_PROTECT, ASC_WRITE_PROTECTED);
     size_t len = (size_t)(r.num_blocks << lun->block_shift);
     if (len == 0)

@@ -94,6 +94,14 @@ struct scsi_lun {
     } stats;
 };
 
+/* Writes are refused with DATA PROTECT, WRITE PROTECTED: the LUN was
+ * opened read-only, or its image has since been write-protected (found
+ * corrupt).  MODE SENSE reports it as WP. */
+static inline bool lun_write_protected(const struct scsi_lun *lun)
+{
+    return lun->read_only || (image_state(lun->img) & IMAGE_STATE_CORRUPT);
+}
+
 /* A command handler: decode cmd->cdb, act on lun->img, return a status. */
 typedef int (*scsi_exec_fn)(struct scsi_lun *lun, struct scsi_cmd *cmd);
 

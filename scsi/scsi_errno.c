@@ -17,7 +17,8 @@ int scsi_fail_errno(struct scsi_cmd *cmd, int err, uint64_t lba, bool is_write)
         return scsi_fail(cmd, SK_DATA_PROTECT, ASC_WRITE_PROTECTED);
     case EIO:
     case EUCLEAN:
-        /* EUCLEAN: the image found itself corrupt and went read-only. */
+        /* EUCLEAN: this request met corrupt image metadata (the image is
+         * write-protected from now on: later writes get -EROFS). */
         return scsi_fail_info(cmd, SK_MEDIUM_ERROR,
                               is_write ? ASC_WRITE_ERROR
                                        : ASC_UNRECOVERED_READ_ERROR,

@@ -81,7 +81,7 @@ int sbc_write_same(struct scsi_lun *lun, struct scsi_cmd *cmd)
     /* A read-only LUN refuses every write with DATA PROTECT, UNMAP bit or
      * not, thin or not (a read-only raw file cannot learn whether its
      * filesystem punches holes, so it is not thin), whatever data came. */
-    if (lun->read_only)
+    if (lun_write_protected(lun))
         return scsi_fail(cmd, SK_DATA_PROTECT, ASC_WRITE_PROTECTED);
     /* The data-out buffer is one logical block, or nothing with NDOB.  Any
      * other size means the initiator and the CDB disagree on what is sent
@@ -134,7 +134,7 @@ int sbc_unmap(struct scsi_lun *lun, struct scsi_cmd *cmd)
 
     /* Without thin provisioning there is nothing to unmap; a read-only LUN
      * still answers DATA PROTECT below, as it does for every write. */
-    if (!lun->thin && !lun->read_only)
+    if (!lun->thin && !lun_write_protected(lun))
         return scsi_fail(cmd, SK_ILLEGAL_REQUEST, ASC_INVALID_COMMAND_OPCODE);
     if (cdb[1] & 0x01)                        /* ANCHOR: no ANC_SUP */
         return scsi_fail_cdb_field(cmd, 1, 0);
@@ -143,7 +143,7 @@ int sbc_unmap(struct scsi_lun *lun, struct scsi_cmd *cmd)
     if (list_len < 8)
         return scsi_fail(cmd, SK_ILLEGAL_REQUEST,
                          ASC_PARAMETER_LIST_LENGTH_ERROR);
-    if (lun->read_only)
+    if (lun_write_protected(lun))
         return scsi_fail(cmd, SK_DATA_PROTECT, ASC_WRITE_PROTECTED);
 
     uint8_t *p = sbc_data_out(cmd, list_len);

@@ -162,7 +162,7 @@ int sbc_write_and_verify(struct scsi_lun *lun, struct scsi_cmd *cmd)
     int st = check_range(lun, cmd, lba, n, len_byte);
     if (st != SCSI_STATUS_GOOD)
         return st;
-    if (lun->read_only)
+    if (lun_write_protected(lun))
         return scsi_fail(cmd, SK_DATA_PROTECT, ASC_WRITE_PROTECTED);
     if (n == 0)
         return SCSI_STATUS_GOOD;
@@ -203,7 +203,7 @@ int sbc_compare_and_write(struct scsi_lun *lun, struct scsi_cmd *cmd)
         return scsi_fail_cdb_field(cmd, 13, -1);
     if (!sbc_range_ok(lun, lba, n))
         return scsi_fail(cmd, SK_ILLEGAL_REQUEST, ASC_LBA_OUT_OF_RANGE);
-    if (lun->read_only)                      /* whatever data came */
+    if (lun_write_protected(lun))                      /* whatever data came */
         return scsi_fail(cmd, SK_DATA_PROTECT, ASC_WRITE_PROTECTED);
     /* The data-out buffer is exactly n blocks to compare and n to write.
      * Any other size (the NUMBER OF LOGICAL BLOCKS byte cannot say 256: a
@@ -262,7 +262,7 @@ int sbc_orwrite(struct scsi_lun *lun, struct scsi_cmd *cmd)
         return scsi_fail(cmd, SK_ILLEGAL_REQUEST, ASC_LBA_OUT_OF_RANGE);
     if (n > lun->max_xfer_blocks)
         return scsi_fail_cdb_field(cmd, 10, -1);
-    if (lun->read_only)
+    if (lun_write_protected(lun))
         return scsi_fail(cmd, SK_DATA_PROTECT, ASC_WRITE_PROTECTED);
     if (n == 0)
         return SCSI_STATUS_GOOD;

@@ -133,6 +133,98 @@ static void sticky_flush_qcow2(const char *dir)
     QT_CHECK(st == 0 || st == 3);
 }
 
+/* ---- corruption found at run time ---- */
+
+static uint64_t be64_at(const char *path, uint64_t off)
+{
+    uint8_t b[8];
+    FILE *f = fopen(path, "rb");
+    if (!f || fseek(f, (long)off, SEEK_SET) != 0 || fread(b, 1, 8, f) != 8) {
+        if (f)
+            fclose(f);
+        return 0;
+    }
+    fclose(f);
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v = v << 8 | b[i];
+    return v;
+}
+
+static bool put_be64_at(const char *path, uint64_t off, uint64_t v)
+{
+    uint8_t b[8];
+    for (int i = 7; i >= 0; i--, v >>= 8)
+        b[i] = (uint8_t)v;
+    FILE *f = fopen(path, "r+b");
+    if (!f)
+        return false;
+    bool ok = fseek(f, (long)off, SEEK_SET) == 0 && fwrite(b, 1, 8, f) == 8;
+    return fclose(f) == 0 && ok;
+}
+
+/* A 64 MiB image (64 KiB clusters) with data at 1 MiB whose L2 entry has
+ * a reserved bit set: reading it marks the image corrupt. */
+static bool make_damaged(const char *path)
+{
+    if (!qt_must("qemu-img create -q -f qcow2 '%s' 64M", path) ||
+        !qt_must("qemu-io -f qcow2 -c 'write -P 0x11 1M 64k' '%s'", path))
+        return false;
+    uint64_t l1 = be64_at(path, 40);
+    uint64_t l2 = be64_at(path, l1) & L1E_OFFSET_MASK;
+    uint64_t slot = l2 + 8 * (1 << 4); /* guest cluster 16 = 1 MiB */
+    uint64_t e = be64_at(path, slot);
+    if (!l2 || !(e & L2E_OFFSET_MASK)) {
+        QT_FAIL("could not find the L2 entry to damage");
+        return false;
+    }
+    return put_be64_at(path, slot, e | (1ull << 1)); /* reserved bit */
+}
+
+static void corrupt_case(const char *dir, bool write_first)
+{
+    char path[4200];
+    snprintf(path, sizeof(path), "%s/corrupt-%d.qcow2", dir, write_first);
+    if (!make_damaged(path))
+        return;
+    struct image *img = open_fmt(path, "qcow2");
+    if (!img)
+        return;
+    uint8_t buf[65536], got[65536];
+    memset(buf, 0xab, sizeof(buf));
+    if (write_first) /* allocating, acknowledged, not yet flushed */
+        QT_CHECK(image_write(img, buf, 4096, 2 << 20, 0) == 0);
+    else
+        QT_CHECK(image_flush(img) == 0);
+    QT_CHECK(image_state(img) == 0);
+    QT_CHECK(image_read(img, got, sizeof(got), 1 << 20) == -EUCLEAN);
+    QT_CHECK(image_state(img) & IMAGE_STATE_CORRUPT);
+    QT_CHECK(!img->info.read_only); /* info is fixed at open */
+    if (write_first) {
+        /* The write's L2 entry is only in the cache and will not be
+         * written: no flush may claim it is durable. */
+        QT_CHECK(image_state(img) & IMAGE_STATE_WRITES_LOST);
+        QT_CHECK(image_flush(img) < 0);
+        QT_CHECK(image_flush(img) < 0);
+    } else {
+        /* Nothing acknowledged is pending: the flush is honest. */
+        QT_CHECK(!(image_state(img) & IMAGE_STATE_WRITES_LOST));
+        QT_CHECK(image_flush(img) == 0);
+    }
+    QT_CHECK(image_write(img, buf, 512, 4 << 20, 0) == -EROFS);
+    QT_CHECK(image_zero(img, 4 << 20, 65536, 0) == -EROFS);
+    QT_CHECK(image_discard(img, 4 << 20, 65536) == -EROFS);
+    /* Intact parts still read. */
+    QT_CHECK(image_read(img, got, 512, 0) == 0);
+    image_close(img);
+    /* The corrupt bit is on disk: read-write open refused, as QEMU does. */
+    char err[1024];
+    struct image_open_opts o = { .path = path, .format = "qcow2" };
+    struct image *again = NULL;
+    QT_CHECK(image_open(&o, &again, err, sizeof(err)) == -EUCLEAN);
+    image_close(again);
+}
+
 int main(void)
 {
     qt_require_qemu();
@@ -142,6 +234,8 @@ int main(void)
 
     sticky_flush_raw(dir);
     sticky_flush_qcow2(dir);
+    corrupt_case(dir, true);
+    corrupt_case(dir, false);
 
     qt_rmtree(dir);
     return qt_summary("test_data_loss");

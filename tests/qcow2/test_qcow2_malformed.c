@@ -113,7 +113,7 @@ static void runtime_case(const char *name, uint64_t goff, bool rest_ok,
     if (ret != -EUCLEAN)
         QT_FAIL("%s (entry 0x%" PRIx64 "): read returned %d, want -EUCLEAN",
                 name, entry, ret);
-    QT_CHECK(img->info.read_only);
+    QT_CHECK(image_state(img) & IMAGE_STATE_CORRUPT); /* write-protected */
     QT_CHECK(image_write(img, buf, 512, 8 << 20, 0) == -EROFS);
     image_close(img);
     QT_CHECK(get(path, HDR_INCOMPAT, 8) & INCOMPAT_CORRUPT);

@@ -425,6 +425,33 @@ static void test_read_only(void)
     image_close(&m->img);
 }
 
+/* An image that becomes corrupt while served: MODE SENSE says WP from
+ * then on, writes get DATA PROTECT, and a flush whose writes were lost
+ * fails rather than answering GOOD. */
+static void test_became_corrupt(void)
+{
+    struct memimage *m = memimage_new(1 << 20);
+    struct scsi_lun *lun = make_lun(m, 512, "corrupt", false);
+    uint8_t c[10], b[512] = { 1 };
+    uint8_t ms[6] = { 0x1a, 0x08, 0x3f, 0, 255, 0 }, mb[255];
+    run(lun, ms, 6, mb, sizeof(mb));
+    CHECK(!(mb[2] & 0x80));
+    image_set_state(&m->img, IMAGE_STATE_CORRUPT | IMAGE_STATE_WRITES_LOST);
+    run(lun, ms, 6, mb, sizeof(mb));
+    CHECK(mb[2] & 0x80);                        /* WP */
+    cdb_rw10(c, 0x2a, 0, 1, 0);
+    CHECK_SENSE(run(lun, c, 10, b, 512), 7, 0x2700);
+    CHECK(m->data[0] == 0);
+    cdb_rw10(c, 0x28, 0, 1, 0);
+    CHECK_EQ(run(lun, c, 10, b, 512), SCSI_STATUS_GOOD);
+    uint8_t sc[10] = { 0x35 };
+    int flushes = m->flushes;
+    CHECK_SENSE(run(lun, sc, 10, NULL, 0), 3, 0x0c00);
+    CHECK_EQ(m->flushes, flushes);              /* never reached the driver */
+    scsi_lun_free(lun);
+    image_close(&m->img);
+}
+
 /* 4096-byte logical blocks: addresses scale, capacity says 4096. */
 static void test_4k(void)
 {
@@ -468,6 +495,7 @@ int main(void)
     test_errors(lun, m);
     test_error_lba64();
     test_read_only();
+    test_became_corrupt();
     test_4k();
 
     scsi_lun_free(lun);
