@@ -65,6 +65,18 @@ int qcow2_corrupt(struct qcow2 *q, const char *fmt, ...)
     return -EUCLEAN;
 }
 
+/* We maintain no autoclear feature (persistent bitmaps, ...): declare
+ * them all invalid before changing anything they describe. */
+static int clear_autoclear(struct qcow2 *q)
+{
+    if (!q->autoclear)
+        return 0;
+    int ret = qcow2_write_header_u64(q, HDR_AUTOCLEAR, 0);
+    if (ret == 0)
+        q->autoclear = 0;
+    return ret;
+}
+
 int qcow2_prepare_write(struct qcow2 *q)
 {
     int ret;
@@ -72,13 +84,9 @@ int qcow2_prepare_write(struct qcow2 *q)
         return 0;
     if (qcow2_is_corrupt(q))
         return -EUCLEAN;
-    /* We maintain no autoclear feature: clear them all before writing. */
-    if (q->autoclear) {
-        ret = qcow2_write_header_u64(q, HDR_AUTOCLEAR, 0);
-        if (ret < 0)
-            return ret;
-        q->autoclear = 0;
-    }
+    ret = clear_autoclear(q);
+    if (ret < 0)
+        return ret;
     if (q->lazy && !(q->incompat & INCOMPAT_DIRTY)) {
         ret = qcow2_write_header_u64(q, HDR_INCOMPAT,
                                      q->incompat | INCOMPAT_DIRTY);
@@ -388,6 +396,15 @@ static int open_image(struct qcow2 *q, const struct image_open_opts *opts,
     if (!opts->read_only) {
         q->lazy = q->version >= 3 && (q->compat & COMPAT_LAZY_REFCOUNTS);
         if (q->incompat & INCOMPAT_DIRTY) {
+            /* The rebuild counts only what this engine knows (L1/L2,
+             * snapshots, its own tables) and reuses every other cluster.
+             * Structures of autoclear features (persistent bitmaps) would
+             * then be overwritten while still declared valid: declare them
+             * invalid first, as before any write. */
+            ret = clear_autoclear(q);
+            if (ret < 0)
+                FAIL(ret, "%s: cannot clear the autoclear features: %s",
+                     path, strerror(-ret));
             ret = qcow2_rebuild_refcounts(q, err, errlen);
             if (ret < 0)
                 goto fail;

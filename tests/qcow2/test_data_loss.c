@@ -225,6 +225,35 @@ static void corrupt_case(const char *dir, bool write_first)
     image_close(again);
 }
 
+/* ---- refcount rebuild and persistent bitmaps ---- */
+
+static void bitmap_rebuild(const char *dir)
+{
+    char path[4200];
+    snprintf(path, sizeof(path), "%s/bitmap.qcow2", dir);
+    if (!qt_must("qemu-img create -q -f qcow2 -o lazy_refcounts=on '%s' 16M",
+                 path) ||
+        !qt_must("qemu-io -f qcow2 -c 'write -P 0x22 0 1M' '%s'", path) ||
+        !qt_must("qemu-img bitmap --add '%s' b0", path))
+        return;
+    QT_CHECK(be64_at(path, HDR_AUTOCLEAR) & 1); /* bitmaps extension valid */
+    /* As after a crash with lazy refcounts: the dirty bit set. */
+    uint64_t incompat = be64_at(path, HDR_INCOMPAT);
+    if (!put_be64_at(path, HDR_INCOMPAT, incompat | INCOMPAT_DIRTY))
+        return;
+    struct image *img = open_fmt(path, "qcow2"); /* rebuilds refcounts */
+    if (!img)
+        return;
+    QT_CHECK(image_close(img) == 0);
+    QT_CHECK(!(be64_at(path, HDR_INCOMPAT) & INCOMPAT_DIRTY));
+    QT_CHECK(qt_check(path) == 0);
+    size_t n;
+    uint8_t *raw = qt_qemu_raw(path, dir, &n, NULL);
+    QT_CHECK(raw && n == 16 << 20 && raw[0] == 0x22 && raw[(1 << 20) - 1] == 0x22
+             && raw[1 << 20] == 0);
+    free(raw);
+}
+
 int main(void)
 {
     qt_require_qemu();
@@ -236,6 +265,7 @@ int main(void)
     sticky_flush_qcow2(dir);
     corrupt_case(dir, true);
     corrupt_case(dir, false);
+    bitmap_rebuild(dir);
 
     qt_rmtree(dir);
     return qt_summary("test_data_loss");
