@@ -177,11 +177,8 @@ static int l2_table_for_write(struct qcow2 *q, uint32_t l1i, uint64_t *out)
         cache_forget(q->l2_cache, new_off);
         goto fail;
     }
-    if (old) {
-        ret = qcow2_free_later(q, old, false);
-        if (ret < 0)
-            return ret;
-    }
+    if (old)
+        qcow2_free_later(q, old, false);
     *out = new_off;
     return 0;
 fail:

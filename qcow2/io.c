@@ -24,6 +24,20 @@
 /* Queued frees are applied at the next flush, or sooner past this many. */
 #define MAX_PENDING 4096
 
+/* The mapping e was replaced by a new one (linked, not yet durable):
+ * its host clusters are released once the new link is.  Lock held. */
+static void release_old(struct qcow2 *q, const struct l2e *e)
+{
+    if (e->compressed || e->host)
+        qcow2_free_later(q, e->entry, e->compressed);
+}
+
+/* Bound the queue of releases (and the leak a crash could cause). */
+static int sync_if_many_pending(struct qcow2 *q)
+{
+    return q->npending > MAX_PENDING ? qcow2_meta_sync(q) : 0;
+}
+
 /* image.c checks ranges for its callers; a driver call outside the image
  * is a bug in the layer above. */
 static void assert_range(const struct qcow2 *q, uint64_t off, uint64_t len)
@@ -501,10 +515,8 @@ static int write_cluster(struct qcow2 *q, uint64_t gc, uint64_t a,
         qcow2_free_now(q, h, 1);
         goto unlock;
     }
-    if (e.compressed || e.host)
-        ret = qcow2_free_later(q, e.entry, e.compressed);
-    if (ret == 0 && q->npending > MAX_PENDING)
-        ret = qcow2_meta_sync(q);
+    release_old(q, &e);
+    ret = sync_if_many_pending(q);
 unlock:
     pthread_mutex_unlock(&q->lock);
     free(buf);
@@ -633,13 +645,9 @@ static int64_t write_run(struct qcow2 *q, uint64_t gc, uint64_t m,
     if (linked < n)
         qcow2_free_now(q, h + linked * cs, n - linked);
     for (uint64_t i = 0; i < linked; i++)
-        if (old[i].compressed || old[i].host) {
-            int r = qcow2_free_later(q, old[i].entry, old[i].compressed);
-            if (ret == 0)
-                ret = r;
-        }
-    if (ret == 0 && q->npending > MAX_PENDING)
-        ret = qcow2_meta_sync(q);
+        release_old(q, &old[i]);
+    if (ret == 0)
+        ret = sync_if_many_pending(q);
     pthread_mutex_unlock(&q->lock);
     return ret < 0 ? ret : (int64_t)(n * cs);
 unlock:
@@ -754,10 +762,10 @@ static int zero_cluster(struct qcow2 *q, uint64_t gc, uint64_t a, uint64_t b,
             if (entry == e.entry && bitmap == e.bitmap)
                 goto unlock;
             ret = qcow2_set_l2e(q, gc, entry, bitmap);
-            if (ret == 0 && !keep && (e.host || e.compressed))
-                ret = qcow2_free_later(q, e.entry, e.compressed);
-            if (ret == 0 && q->npending > MAX_PENDING)
-                ret = qcow2_meta_sync(q);
+            if (ret == 0 && !keep) {
+                release_old(q, &e);
+                ret = sync_if_many_pending(q);
+            }
             goto unlock;
         }
     } else if (q->extended_l2 && !e.compressed && a % scs == 0 &&

@@ -288,8 +288,10 @@ int qcow2_update_refcount(struct qcow2 *q, uint64_t ci, int64_t delta);
 int64_t qcow2_alloc_clusters(struct qcow2 *q, uint64_t n, uint64_t *off);
 /* Queue a refcount decrement for the host clusters an L2/L1 entry used;
  * applied by qcow2_meta_sync() once the entry dropping them is durable.
- * compressed: entry is a compressed descriptor. */
-int qcow2_free_later(struct qcow2 *q, uint64_t entry, bool compressed);
+ * compressed: entry is a compressed descriptor.  Never fails: the caller
+ * has already linked the replacement (without memory to queue, it syncs
+ * and releases at once, or at worst leaks the clusters). */
+void qcow2_free_later(struct qcow2 *q, uint64_t entry, bool compressed);
 /* Decrement immediately: for clusters nothing on disk references yet. */
 void qcow2_free_now(struct qcow2 *q, uint64_t off, uint64_t n);
 /* Make every metadata change durable in order: refcount blocks (unless

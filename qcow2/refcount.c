@@ -27,9 +27,11 @@
 #include "common/util.h"
 #include "qcow2-internal.h"
 
+/* Host clusters [first, last] lose one reference once the change that
+ * dropped them is durable.  first advances as they are released, so a
+ * queue interrupted by an error resumes where it stopped. */
 struct pending_free {
-    uint64_t entry;
-    bool compressed;
+    uint64_t first, last;
 };
 
 /* ---- refcount block entries, any width from 1 to 64 bits ---- */
@@ -293,10 +295,28 @@ int64_t qcow2_alloc_clusters(struct qcow2 *q, uint64_t n, uint64_t *off)
     return ret;
 }
 
+static int64_t find_and_claim(struct qcow2 *q, uint64_t k, uint64_t n,
+                              uint64_t *off);
+
 static int64_t alloc_clusters(struct qcow2 *q, uint64_t n, uint64_t *off)
 {
+    uint64_t hint = q->free_hint;
+    /* Clusters freed while we search — the old refcount table, which
+     * grow_reftable gives back — may lie below where the search ends:
+     * qcow2_update_refcount lowers free_hint to them, and that must stay. */
+    q->free_hint = UINT64_MAX;
+    int64_t got = find_and_claim(q, hint, n, off);
+    uint64_t next = got > 0 ? (*off >> q->cluster_bits) + (uint64_t)got : hint;
+    q->free_hint = MIN(q->free_hint, next);
+    return got;
+}
+
+/* Search from cluster k for free clusters and take up to n of them. */
+static int64_t find_and_claim(struct qcow2 *q, uint64_t k, uint64_t n,
+                              uint64_t *off)
+{
     assert(n > 0);
-    uint64_t k = q->free_hint, rc, boff;
+    uint64_t rc, boff;
     int ret;
 
     for (;; k++) {
@@ -333,7 +353,6 @@ static int64_t alloc_clusters(struct qcow2 *q, uint64_t n, uint64_t *off)
             return ret;
         }
     }
-    q->free_hint = k + got;
     q->host_end = MAX(q->host_end, (k + got) << q->cluster_bits);
     *off = k << q->cluster_bits;
     return (int64_t)got;
@@ -354,48 +373,72 @@ void qcow2_compressed_range(const struct qcow2 *q, uint64_t entry,
     *len = nsect * 512;
 }
 
-int qcow2_free_later(struct qcow2 *q, uint64_t entry, bool compressed)
+/* Release what p still holds: drop one reference from each cluster, and
+ * give a cluster that is now free back to the host (thin provisioning; a
+ * freed cluster is never read before it is rewritten). */
+static int release(struct qcow2 *q, struct pending_free *p)
 {
+    const uint64_t cs = q->cluster_size;
+    for (; p->first <= p->last; p->first++) {
+        int ret = qcow2_update_refcount(q, p->first, -1);
+        if (ret < 0)
+            return ret;
+        uint64_t rc;
+        if (qcow2_get_refcount(q, p->first, &rc) == 0 && rc == 0)
+            (void)host_discard(&q->host, p->first * cs, cs);
+    }
+    return 0;
+}
+
+void qcow2_free_later(struct qcow2 *q, uint64_t entry, bool compressed)
+{
+    const uint64_t cs = q->cluster_size;
+    struct pending_free f;
+    if (compressed) {
+        uint64_t off, len;
+        qcow2_compressed_range(q, entry, &off, &len);
+        f = (struct pending_free){ off / cs, (off + len - 1) / cs };
+    } else {
+        f.first = f.last = (entry & L2E_OFFSET_MASK) / cs;
+    }
     if (q->npending == q->pending_cap) {
         size_t cap = q->pending_cap ? q->pending_cap * 2 : 64;
         struct pending_free *p = realloc(q->pending, cap * sizeof(*p));
-        if (!p)
-            return -ENOMEM;
+        if (!p) {
+            /* No room to queue it: make the change that dropped the
+             * clusters durable now and release them at once.  If even that
+             * fails they leak (a leak is harmless, and qemu-img check -r
+             * leaks takes them back): the new link is made, so failing the
+             * request that made it would be false. */
+            int ret = qcow2_meta_sync(q);
+            if (ret == 0)
+                ret = release(q, &f);
+            if (ret < 0)
+                fprintf(stderr, "qlun: qcow2 %s: host clusters %" PRIu64
+                        "..%" PRIu64 " leaked (%s)\n", q->path, f.first,
+                        f.last, strerror(-ret));
+            return;
+        }
         q->pending = p;
         q->pending_cap = cap;
     }
-    q->pending[q->npending++] = (struct pending_free){ entry, compressed };
-    return 0;
+    q->pending[q->npending++] = f;
 }
 
 static int apply_pending(struct qcow2 *q)
 {
-    const uint64_t cs = q->cluster_size;
     int ret = 0;
-    for (size_t i = 0; i < q->npending; i++) {
-        struct pending_free *p = &q->pending[i];
-        uint64_t first, last;
-        if (p->compressed) {
-            uint64_t off, len;
-            qcow2_compressed_range(q, p->entry, &off, &len);
-            first = off / cs;
-            last = (off + len - 1) / cs;
-        } else {
-            first = last = (p->entry & L2E_OFFSET_MASK) / cs;
-        }
-        for (uint64_t ci = first; ci <= last; ci++) {
-            ret = qcow2_update_refcount(q, ci, -1);
-            if (ret < 0)
-                goto out;
-            uint64_t rc;
-            /* Give the space back to the host (thin provisioning); a
-             * freed cluster is never read before it is rewritten. */
-            if (qcow2_get_refcount(q, ci, &rc) == 0 && rc == 0)
-                (void)host_discard(&q->host, ci * cs, cs);
-        }
+    size_t i;
+    for (i = 0; i < q->npending; i++) {
+        ret = release(q, &q->pending[i]);
+        if (ret < 0)
+            break;
     }
-out:
-    q->npending = 0;
+    /* What is not released yet stays queued for the next sync: dropping
+     * it would leak those clusters. */
+    memmove(q->pending, q->pending + i,
+            (q->npending - i) * sizeof(*q->pending));
+    q->npending -= i;
     return ret;
 }
 

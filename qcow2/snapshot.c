@@ -70,8 +70,8 @@ int qcow2_read_snapshots(struct qcow2 *q, uint32_t nb, uint64_t offset,
         }
         if ((uint64_t)l1_size * 8 > MAX_L1_BYTES ||
             (l1_off & (q->cluster_size - 1)) ||
-            (l1_size && (l1_off == 0 ||
-                         l1_off + (uint64_t)l1_size * 8 > q->host_end))) {
+            (l1_size && (l1_off == 0 || l1_off > q->host_end ||
+                         (uint64_t)l1_size * 8 > q->host_end - l1_off))) {
             snprintf(err, errlen, "%s: snapshot %" PRIu32 " L1 table (offset "
                      "0x%" PRIx64 ", l1_size %" PRIu32 ") is invalid",
                      q->path, i, l1_off, l1_size);

@@ -404,6 +404,10 @@ int main(void)
     qt_must("qemu-img snapshot -c s '%s'", path);
     put(path, get(path, HDR_SNAPSHOTS_OFFSET, 8), 1ull << 44, 8);
     refused("snapshot-l1-past-end", path, true, NULL, "snapshot 0 L1");
+    /* ... or wraps around: offset + size * 8 past 2^64 lands inside. */
+    put(path, get(path, HDR_SNAPSHOTS_OFFSET, 8), 0xffffffffffff0000ull, 8);
+    put(path, get(path, HDR_SNAPSHOTS_OFFSET, 8) + 8, 8194, 4); /* l1_size */
+    refused("snapshot-l1-wraps", path, true, NULL, "snapshot 0 L1");
 
     /* Read-only open of a corrupt-marked image is allowed. */
     snprintf(path, sizeof(path), "%s/corrupt-bit.qcow2", dir);

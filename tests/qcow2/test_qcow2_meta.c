@@ -104,6 +104,17 @@ static void growth(const char *opts, uint64_t size)
         memcpy(model + off, buf, 1 << 20);
     }
     free(buf);
+    /* The first table was given back when it grew; the fill went on after
+     * that, lowest free cluster first, so it must have reused the table's
+     * first cluster. */
+    struct qcow2 *q = to_qcow2(img);
+    uint64_t rc = 0;
+    pthread_mutex_lock(&q->lock);
+    int ret = qcow2_get_refcount(q, rt_before >> q->cluster_bits, &rc);
+    pthread_mutex_unlock(&q->lock);
+    if (ret < 0 || rc != 1)
+        QT_FAIL("%s: the old refcount table's cluster 0x%" PRIx64 " was not "
+                "reused (refcount %" PRIu64 ")", name, rt_before, rc);
     write_some(img, &r, size, 500, 20000);
     qt_compare_image(img, model, name);
     QT_CHECK(image_close(img) == 0);
