@@ -393,7 +393,10 @@ static int write_cluster(struct qcow2 *q, uint64_t gc, uint64_t a,
     if (e.host && e.copied && !e.compressed) {
         /* Ours: in place.  Subclusters that held no data get their
          * uncovered parts from what they read as before. */
+        ret = qcow2_check_data_target(q, e.host, cs);
         pthread_mutex_unlock(&q->lock);
+        if (ret < 0)
+            return ret;
         bool head = !(e.alloc & (1u << A)) && a > A * scs;
         bool tail = !(e.alloc & (1u << (B - 1))) && b < B * scs;
         if (head || tail) {
@@ -583,7 +586,11 @@ static int64_t write_run(struct qcow2 *q, uint64_t gc, uint64_t m,
                 old[n].host != old[0].host + n * cs)
                 break;
         }
+        if (n >= 2)
+            ret = qcow2_check_data_target(q, old[0].host, n * cs);
         pthread_mutex_unlock(&q->lock);
+        if (ret < 0)
+            return ret;
         if (n < 2)
             return 0;
         struct iovec part[16];

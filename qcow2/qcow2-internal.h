@@ -10,6 +10,7 @@
  *   refcount.c  refcount lookup/update, cluster allocation, refcount table
  *               growth, deferred frees, rebuild after a crash (dirty bit)
  *   cluster.c   L2 entry decoding/validation, L2 table allocation and COW
+ *   overlap.c   guest data never written over metadata (overlap checks)
  *   compress.c  zlib (raw deflate) and zstd decompression of one cluster
  *   io.c        readv/writev/zero/discard/block_status/flush/close,
  *               the guest range lock
@@ -324,6 +325,13 @@ int qcow2_set_l2e(struct qcow2 *q, uint64_t gc, uint64_t entry,
 /* Kind of subcluster sc of a decoded entry. */
 enum sc_kind qcow2_sc_kind(const struct qcow2 *q, const struct l2e *e,
                            unsigned sc);
+
+/* ---- overlap.c ---- */
+
+/* Before guest data goes to host [off, off+len) (an in-place target or a
+ * new allocation): if that is metadata, mark the image corrupt and return
+ * -EUCLEAN.  Lock held. */
+int qcow2_check_data_target(struct qcow2 *q, uint64_t off, uint64_t len);
 
 /* ---- compress.c ---- */
 

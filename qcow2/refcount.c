@@ -292,6 +292,13 @@ int64_t qcow2_alloc_clusters(struct qcow2 *q, uint64_t n, uint64_t *off)
             return r;
         ret = alloc_clusters(q, n, off);
     }
+    /* Free per the refcounts, yet metadata: the refcounts are wrong. */
+    if (ret > 0) {
+        int r = qcow2_check_data_target(q, *off,
+                                        (uint64_t)ret << q->cluster_bits);
+        if (r < 0)
+            return r;
+    }
     return ret;
 }
 

@@ -330,6 +330,74 @@ static void fuzz(void)
     free(buf);
 }
 
+/* Metadata an overlap case aims at: its host offset in path. */
+static uint64_t at_l1(const char *path)
+{
+    return get(path, HDR_L1_OFFSET, 8);
+}
+
+static uint64_t at_reftable(const char *path)
+{
+    return get(path, HDR_REFTABLE_OFFSET, 8);
+}
+
+static uint64_t at_refblock(const char *path)
+{
+    return get(path, at_reftable(path), 8);
+}
+
+static uint64_t at_l2(const char *path)
+{
+    return get(path, at_l1(path), 8) & L1E_OFFSET_MASK;
+}
+
+/* A write whose target is metadata must not happen: -EUCLEAN, the image
+ * marked corrupt, the metadata cluster unchanged.  how: "in-place" points
+ * the L2 entry of guest 0 (ours, COPIED) at the metadata; "alloc" makes the
+ * refcounts say the metadata cluster is free, so the next allocation would
+ * take it. */
+static void overlap_case(const char *name, const char *how,
+                         uint64_t (*target)(const char *path))
+{
+    char path[4200];
+    snprintf(path, sizeof(path), "%s/overlap-%s-%s.qcow2", dir, how, name);
+    make(path, "cluster_size=64k");
+    uint64_t t = target(path), goff = 0;
+    if (strcmp(how, "in-place") == 0) {
+        put(path, l2_entry_pos(path, 0), OFLAG_COPIED | t, 8);
+    } else {
+        uint64_t rb = at_refblock(path);
+        put(path, rb + 2 * (t >> 16), 0, 2);
+        goff = 8 << 20; /* unallocated: the write allocates */
+    }
+    size_t n;
+    uint8_t *before = qt_read_file(path, &n);
+    struct image *img;
+    char err[1024];
+    if (!before || try_open(path, false, NULL, &img, err, sizeof(err)) < 0) {
+        QT_FAIL("overlap %s %s: open: %s", how, name, err);
+        free(before);
+        return;
+    }
+    uint8_t buf[4096];
+    memset(buf, 0xee, sizeof(buf));
+    int ret = image_write(img, buf, sizeof(buf), goff, 0);
+    if (ret != -EUCLEAN)
+        QT_FAIL("overlap %s %s: write returned %d, want -EUCLEAN", how, name,
+                ret);
+    QT_CHECK(image_state(img) & IMAGE_STATE_CORRUPT);
+    image_close(img);
+    size_t m;
+    uint8_t *after = qt_read_file(path, &m);
+    if (!after || m < t + 65536 || memcmp(before + t, after + t, 65536) != 0)
+        QT_FAIL("overlap %s %s: the metadata cluster at 0x%" PRIx64
+                " was written", how, name, t);
+    else
+        printf("%-28s refused: data over %s (0x%" PRIx64 ")\n", how, name, t);
+    free(before);
+    free(after);
+}
+
 int main(void)
 {
     qt_require_qemu();
@@ -447,6 +515,14 @@ int main(void)
     runtime_case("compressed-past-end", 1 << 20, true, compressed_past_end);
     runtime_case("compressed-garbage", 1 << 20, true, compressed_garbage);
     runtime_case("l1-reserved-bits", 0, false, l1_reserved);
+
+    overlap_case("l1", "in-place", at_l1);
+    overlap_case("reftable", "in-place", at_reftable);
+    overlap_case("refblock", "in-place", at_refblock);
+    overlap_case("l2", "in-place", at_l2);
+    overlap_case("l1", "alloc", at_l1);
+    overlap_case("l2", "alloc", at_l2);
+    overlap_case("refblock", "alloc", at_refblock);
     refcount_case();
 
     fuzz();
