@@ -46,12 +46,19 @@ def inline(text):
     return "".join(out)
 
 
+def protect(line):
+    """A leading . or ' would make the line a request."""
+    return "\\&" + line if line.startswith((".", "'")) else line
+
+
 def text_line(text):
-    """A line of running text: a leading . or ' would be a request."""
-    line = inline(text)
-    if line.startswith((".", "'")):
-        line = "\\&" + line
-    return line
+    """A line of running text, inline markup converted."""
+    return protect(inline(text))
+
+
+def text_line_verbatim(text):
+    """A line of a code block: escaped, nothing converted."""
+    return protect(roff_escape(text))
 
 
 def split_row(line):
@@ -126,13 +133,6 @@ def convert_block(lines, out):
             i += 1
         out.append(".PP")
         out.append(text_line(" ".join(para)))
-
-
-def text_line_verbatim(text):
-    line = roff_escape(text)
-    if line.startswith((".", "'")):
-        line = "\\&" + line
-    return line
 
 
 def sections(readme):

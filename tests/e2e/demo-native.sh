@@ -9,7 +9,8 @@
 # What it touches, and gives back at exit (also on failure or Ctrl-C):
 #  - a work dir under $TMPDIR (/var/tmp) with the image;
 #  - one backstore user:qlun/qlun_demo_PID and one target
-#    iqn.2024-01.io.qlun:demo-PID (portal 127.0.0.1:PORT, an ACL for this
+#    iqn.2024-01.io.qlun:demo-PID (portal 127.0.0.1 on the first free
+#    port from 3260, or --port; an ACL for this
 #    host's initiator name, CHAP): added with `targetcli restoreconfig`
 #    WITHOUT clear_existing, deleted by name; the saved LIO configuration
 #    (/etc/rtslib-fb-target) is never written;
@@ -32,7 +33,7 @@
 set -u
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
-FMT=raw SIZE=1G RESTART=0 PORT=3260
+FMT=raw SIZE=1G RESTART=0 PORT=
 while [ $# -gt 0 ]; do
     case "$1" in
         --format) FMT=$2; shift 2 ;;
@@ -50,6 +51,15 @@ export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 WORK=$(mktemp -d "${QLUN_DEMO_DIR:-${TMPDIR:-/var/tmp}}/qlun-demo.XXXXXX")
 NAME=qlun_demo_$$
 IQN=iqn.2024-01.io.qlun:demo-$$
+# The portal: 127.0.0.1 on the first free port from 3260.  A target that
+# already listens on 0.0.0.0:3260 would make LIO refuse 127.0.0.1:3260, and
+# sharing its wildcard portal would expose the demo on every interface.
+if [ -z "$PORT" ]; then
+    PORT=3260
+    while [ $PORT -lt 3300 ] && ss -Hltn "sport = :$PORT" 2>/dev/null | grep -q .; do
+        PORT=$((PORT + 1))
+    done
+fi
 PORTAL=127.0.0.1:$PORT
 CHAP_USER=qlun CHAP_PASS=qlun-demo-$$-secret
 SYS_HDIR=/usr/lib/$(gcc -dumpmachine 2>/dev/null || echo x86_64-linux-gnu)/tcmu-runner

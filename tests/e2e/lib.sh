@@ -119,12 +119,14 @@ rig_handler_dir() {
 
 # rig_start_tcmu [HANDLER_DIR]: --handler-path replaces the default dir, so
 # the dir must hold every handler wanted (handler_qlun.so, or the system dir
-# for user:qcow).
+# for user:qcow).  HANDLER_DIR "system": no --handler-path, as a system's
+# tcmu-runner starts (an installed qlun package).
 rig_start_tcmu() {
     local hdir=${1:-$(rig_handler_dir)}
     [ -n "$hdir" ] || { rig_log "no handler dir (handler_qlun.so not built?)"; return 1; }
     rig_stop_tcmu
     local args=(--handler-path "$hdir" -l "$RIG_LOGDIR")
+    [ "$hdir" = system ] && args=(-l "$RIG_LOGDIR")
     [ "$RIG_TCMU_DEBUG" = 1 ] && args+=(-d)
     rig_log "starting tcmu-runner ${args[*]}"
     tcmu-runner "${args[@]}" >>"$RIG_LOGDIR/tcmu-runner.stdout" 2>&1 &
@@ -148,7 +150,14 @@ rig_stop_tcmu() {
     kill -TERM "$RIG_TCMU_PID" 2>/dev/null
     local i; for i in $(seq 100); do kill -0 "$RIG_TCMU_PID" 2>/dev/null || break; sleep 0.1; done
     kill -KILL "$RIG_TCMU_PID" 2>/dev/null
-    wait "$RIG_TCMU_PID" 2>/dev/null
+    # Until it is really gone (30 s at most): its lock file stays locked
+    # while it lives, and a new tcmu-runner would refuse to start
+    # ("already running") — seen when wait returned before it had exited.
+    for i in $(seq 300); do
+        wait "$RIG_TCMU_PID" 2>/dev/null
+        kill -0 "$RIG_TCMU_PID" 2>/dev/null || break
+        sleep 0.1
+    done
     RIG_TCMU_PID=
 }
 
