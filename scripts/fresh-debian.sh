@@ -124,7 +124,7 @@ if [ "$fresh" = 1 ] || [ ! -s "$tarball" ]; then
     if ! command -v debootstrap >/dev/null; then
         say "installing debootstrap on this machine"
         DEBIAN_FRONTEND=noninteractive apt-get update -q
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends debootstrap
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o DPkg::Lock::Timeout=600 --no-install-recommends debootstrap
     fi
     say "debootstrap $vopt bookworm from $mirror"
     remove_root "$dir/base.tmp"
