@@ -2,7 +2,7 @@
 # Run every qlun test: unit, qcow2 interop and fuzz-style tests under
 # ASan/UBSan, then the end-to-end tests in the VM rig (initiator -> LIO
 # iSCSI -> TCMU -> tcmu-runner -> qlun -> image).  Installs what it needs.
-# Run as root:
+# Run as root (or with sudo):
 #   scripts/test-all.sh
 #
 # QLUN_SKIP_E2E=1 leaves out the end-to-end stage (and says so loudly).  It
