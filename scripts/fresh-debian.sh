@@ -24,7 +24,10 @@
 # 7. prints a summary: time, result, what was and was not run.
 #
 # The full run includes the end-to-end tests: the VM rig works in the chroot
-# (QEMU TCG with the chroot's kernel, its "/" exported over 9p).  --no-e2e
+# (QEMU TCG with the chroot's kernel, its "/" exported over 9p).  It takes
+# about an hour or more; on a busy 2-CPU machine the rig's own time limits
+# (600-900 s per test) may expire, which is a load problem, not an install
+# one (the test's log shows how far it got).  --no-e2e
 # sets QLUN_SKIP_E2E=1 for test-all.sh: install steps, build and the
 # ASan/UBSan unit and interop tests only, and the summary says the e2e stage
 # was NOT run.
