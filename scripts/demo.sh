@@ -3,7 +3,8 @@
 # target, attach it with the Linux initiator and print a short report.
 # Runs natively if this kernel has LIO and TCMU, else inside the VM rig.
 # Installs what it needs.
-#   sudo scripts/demo.sh
+# Run as root (or with sudo):
+#   scripts/demo.sh
 set -eu
 repo=$(cd "$(dirname "$0")/.." && pwd)
 "$repo/scripts/install-deps.sh" >/dev/null

@@ -42,10 +42,13 @@ if ! apt-get source --download-only -q tcmu >/dev/null 2>&1; then
     apt-get source --download-only -q tcmu >/dev/null
 fi
 # The runner we build against is the one Debian installs: same version.
-dsc=$(ls tcmu_"$want_version"-*.dsc 2>/dev/null | head -n1)
+dsc=
+for f in tcmu_"$want_version"-*.dsc; do
+    [ -e "$f" ] && { dsc=$f; break; }
+done
 if [ -z "$dsc" ]; then
     echo "fetch-tcmu-headers: Debian's source is not tcmu $want_version:" \
-         $(ls tcmu_*.dsc) >&2
+         tcmu_*.dsc >&2
     exit 1
 fi
 dpkg-source -x "$dsc" src >/dev/null

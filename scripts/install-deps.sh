@@ -1,12 +1,13 @@
 #!/bin/sh
 # Install everything qlun needs to build and test on Debian bookworm:
-# the toolchain and libraries, qemu-img/qemu-io (the qcow2 oracle), and the
-# VM rig's packages (scripts/install-rig-deps.sh).  Idempotent; run as root.
+# the toolchain and libraries, qemu-img/qemu-io (the qcow2 oracle), losetup
+# (package mount; tests/blockdev) and the VM rig's packages
+# (scripts/install-rig-deps.sh).  Idempotent; run as root.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 
 PKGS="build-essential cmake pkg-config zlib1g-dev libzstd-dev dpkg-dev
-      qemu-utils python3 groff-base"
+      qemu-utils python3 mount groff-base"
 
 if [ "$(id -u)" != 0 ]; then
     echo "install-deps.sh: must run as root (apt-get)" >&2

@@ -109,7 +109,7 @@ if [ -n "$DEV" ]; then
         got=$(stat -c %s "$OUT/inquiry-260.bin")
         addl=$(od -An -tu1 -j4 -N1 "$OUT/inquiry-260.bin" | tr -d ' ')
         junk=$(tail -c +$((addl + 6)) "$OUT/inquiry-260.bin" | tr -d '\0' | wc -c)
-        xxd "$OUT/inquiry-260.bin" >"$OUT/inquiry-260.txt"
+        od -Ax -tx1 -v "$OUT/inquiry-260.bin" >"$OUT/inquiry-260.txt"
         if [ "$junk" = 0 ]; then
             rig_pass "A: INQUIRY(260): no stale bytes past the additional length ($got bytes, additional length $addl)"
         else
