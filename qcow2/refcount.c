@@ -201,6 +201,11 @@ static int ensure_block(struct qcow2 *q, uint64_t ri, uint64_t *off)
     ret = block_offset(q, ri, off);
     if (ret < 0 || *off)
         return ret;
+    /* Range 0 holds the header, so a sound image has its block: never
+     * place one there, over the header. */
+    if (ri == 0)
+        return qcow2_corrupt(q, "refcount table entry 0 is empty, but "
+                             "cluster 0 (the header) is in use");
 
     const uint64_t cs = q->cluster_size;
     uint64_t ci = ri << q->rb_bits;
