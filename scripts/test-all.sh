@@ -14,6 +14,8 @@ export QLUN_E2E_REQUIRED=ON
 status=0
 echo "=== unit and interop tests (ASan + UBSan) ==="
 ctest --test-dir "$repo/build-asan" --output-on-failure -j 2 || status=1
+echo "=== fuzz targets (libFuzzer, ASan + UBSan), ${QLUN_FUZZ_SECONDS:-60} s each ==="
+ctest --test-dir "$repo/build-fuzz" --output-on-failure --no-tests=error -L fuzz || status=1
 echo "=== end-to-end tests in the VM rig ==="
 ctest --test-dir "$repo/build" --output-on-failure --no-tests=error -L e2e || status=1
 echo "test-all.sh: finished in $(( $(date +%s) - start )) s, status $status"
