@@ -188,6 +188,25 @@ out:
     return ret;
 }
 
+/* What the header places at host cluster ci, if anything: such a cluster
+ * is in use in a sound image, whatever the refcounts say. */
+static const char *fixed_metadata(const struct qcow2 *q, uint64_t ci)
+{
+    const uint64_t cs = q->cluster_size;
+    const uint64_t off = ci * cs;
+    if (ci == 0)
+        return "header";
+    if (off + cs > q->l1_offset && off < q->l1_offset + 8ull * q->l1_size)
+        return "L1 table";
+    if (off + cs > q->reftable_offset &&
+        off < q->reftable_offset + (uint64_t)q->reftable_clusters * cs)
+        return "refcount table";
+    if (off + cs > q->snapshots_offset &&
+        off < q->snapshots_offset + q->snapshots_bytes)
+        return "snapshot table";
+    return NULL;
+}
+
 /* Make sure refcount block ri exists; create it (at the start of its own
  * range) if not. */
 static int ensure_block(struct qcow2 *q, uint64_t ri, uint64_t *off)
@@ -201,16 +220,17 @@ static int ensure_block(struct qcow2 *q, uint64_t ri, uint64_t *off)
     ret = block_offset(q, ri, off);
     if (ret < 0 || *off)
         return ret;
-    /* Range 0 holds the header, so a sound image has its block: never
-     * place one there, over the header. */
-    if (ri == 0)
-        return qcow2_corrupt(q, "refcount table entry 0 is empty, but "
-                             "cluster 0 (the header) is in use");
 
     const uint64_t cs = q->cluster_size;
     uint64_t ci = ri << q->rb_bits;
     if (past_device(q, ci))
         return -ENOSPC;
+    /* E.g. range 0 without a block: never put one over the header. */
+    const char *what = fixed_metadata(q, ci);
+    if (what)
+        return qcow2_corrupt(q, "refcount table entry %" PRIu64 " is empty, "
+                             "but host cluster %" PRIu64 " holds the %s",
+                             ri, ci, what);
     uint8_t *buf = calloc(1, cs);
     if (!buf)
         return -ENOMEM;
@@ -316,6 +336,10 @@ static int64_t alloc_clusters(struct qcow2 *q, uint64_t n, uint64_t *off)
         if (rc == 0)
             break;
     }
+    const char *what = fixed_metadata(q, k);
+    if (what)
+        return qcow2_corrupt(q, "refcount of host cluster %" PRIu64 " is 0, "
+                             "but it holds the %s", k, what);
     uint64_t got = 1;
     while (got < n && !past_device(q, k + got)) {
         /* Stay inside blocks that exist: good enough for a run. */
@@ -327,7 +351,7 @@ static int64_t alloc_clusters(struct qcow2 *q, uint64_t n, uint64_t *off)
         ret = qcow2_get_refcount(q, k + got, &rc);
         if (ret < 0)
             return ret;
-        if (rc != 0)
+        if (rc != 0 || fixed_metadata(q, k + got))
             break;
         got++;
     }
