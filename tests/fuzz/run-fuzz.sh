@@ -11,7 +11,7 @@
 # and the seeds: committed (tests/fuzz/seeds/NAME) or generated now by
 # make-seeds.py.  A crash, leak, timeout or broken invariant fails the run;
 # the input is saved in <fuzzer's directory>/artifacts/.  Exit status is
-# the fuzzer's.
+# the fuzzer's (77, skipped, for qcow2 without qemu-img).
 set -eu
 fuzzer=${1:?usage: run-fuzz.sh FUZZER NAME SECONDS [options]}
 name=${2:?usage: run-fuzz.sh FUZZER NAME SECONDS [options]}
@@ -32,6 +32,12 @@ scratch=$(mktemp -d "$base/qlun-fuzz.XXXXXX")
 trap 'rm -rf "$scratch"' EXIT INT TERM
 export QLUN_FUZZ_TMPDIR="$scratch"
 
+# Like the qcow2 engine tests: without qemu-img/qemu-io, skip (77).
+if [ "$name" = qcow2 ] &&
+   ! { command -v qemu-img && command -v qemu-io; } >/dev/null; then
+    echo "SKIP: qemu-img/qemu-io not installed (they make the qcow2 seeds)"
+    exit 77
+fi
 case $name in
 cfgstring) seeds=$src/seeds/cfgstring ;;
 scsi|qcow2) python3 "$src/make-seeds.py" "$name" "$seeds" ;;
