@@ -237,6 +237,9 @@ int qcow2_prepare_write(struct qcow2 *q);
  * On failure writes one line into err. */
 int qcow2_open_backing(struct qcow2 *q, const char *name, const char *fmt,
                        const char *root, char *err, size_t errlen);
+/* A string from the image (a backing file name or format), fit for a
+ * one-line message: each byte outside 0x20..0x7e becomes '?'. */
+const char *qcow2_printable(const char *in, char *out, size_t outlen);
 
 /* ---- snapshot.c ---- */
 

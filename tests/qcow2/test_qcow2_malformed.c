@@ -292,6 +292,14 @@ static void backing_cases(void)
             "gone.qcow2 1M", dir);
     snprintf(a, sizeof(a), "%s/a/gone.qcow2", dir);
     refused("backing-missing", a, true, NULL, "gone.raw");
+    /* Control characters in names from the image stay out of the one-line
+     * error (refused() checks for a newline). */
+    qt_must("cd '%s/a' && qemu-img create -q -f qcow2 -b \"$(printf "
+            "'gone\\nline')\" -F raw -u nl.qcow2 1M", dir);
+    snprintf(a, sizeof(a), "%s/a/nl.qcow2", dir);
+    refused("backing-name-newline", a, true, NULL, "'gone?line'");
+    put(fmt, p + 8, 0x766d0a6b /* vm\nk */, 4);
+    refused("backing-format-newline", fmt, true, NULL, "'vm?k'");
 }
 
 static void feature_name_case(void)
