@@ -20,6 +20,16 @@
 #include "common/util.h"
 #include "qcow2-internal.h"
 
+const char *qcow2_printable(const char *in, char *out, size_t outlen)
+{
+    size_t i = 0;
+    for (; outlen > 0 && in[i] && i < outlen - 1; i++)
+        out[i] = in[i] >= 0x20 && in[i] <= 0x7e ? in[i] : '?';
+    if (outlen > 0)
+        out[i] = 0;
+    return out;
+}
+
 static bool inside(const char *path, const char *root)
 {
     if (strcmp(root, "/") == 0)
@@ -62,15 +72,20 @@ int qcow2_open_backing(struct qcow2 *q, const char *name, const char *fmt,
         else
             snprintf(cand, sizeof(cand), "%s", name);
     }
+    /* The name comes from the image: keep messages to one line. */
+    char pname[MAX_BACKING_NAME + 1], pcand[PATH_MAX * 2], preal[PATH_MAX];
+    qcow2_printable(name, pname, sizeof(pname));
     if (!realpath(cand, real)) {
         int e = errno;
-        snprintf(err, errlen, "%s: backing file '%s' (%s): %s", q->path, name,
-                 cand, strerror(e));
+        snprintf(err, errlen, "%s: backing file '%s' (%s): %s", q->path,
+                 pname, qcow2_printable(cand, pcand, sizeof(pcand)),
+                 strerror(e));
         return -e;
     }
     if (!inside(real, root)) {
         snprintf(err, errlen, "%s: backing file '%s' resolves to %s, outside "
-                 "the allowed backing root %s", q->path, name, real, root);
+                 "the allowed backing root %s", q->path, pname,
+                 qcow2_printable(real, preal, sizeof(preal)), root);
         return -EPERM;
     }
     if (fmt == NULL) {

@@ -422,7 +422,8 @@ static int open_image(struct qcow2 *q, const struct image_open_opts *opts,
         if (have_fmt && strcmp(backing_fmt, "raw") != 0 &&
             strcmp(backing_fmt, "qcow2") != 0)
             FAIL(-ENOTSUP, "%s: backing format '%s' is not supported (raw or "
-                 "qcow2)", path, backing_fmt);
+                 "qcow2)", path, qcow2_printable(backing_fmt, (char[16]){ 0 },
+                                                 16));
         if (opts->backing_root) {
             if (!realpath(opts->backing_root, root))
                 FAIL(-errno, "%s: backing_root %s: %s", path,

@@ -1,9 +1,11 @@
 /* qlun — qcow2: guest data must never land on metadata.
  *
  * A data write goes to a host offset the image itself supplied: an L2
- * entry (in-place writes) or the refcounts (newly allocated clusters).  A
- * crafted or damaged image can point either at its own header or tables;
- * writing guest data there would turn a bad entry into a destroyed image.
+ * entry (in-place writes, checked here) or the refcounts (new clusters,
+ * which refcount.c checks before taking them, for a new table as much as
+ * for data).  A crafted or damaged image can point either at its own
+ * header or tables; writing there would turn a bad entry into a destroyed
+ * image.
  * As QEMU does (its "cached" overlap checks), every such target is checked
  * against the header, the active L1 table and its L2 tables, the refcount
  * table and blocks, the snapshot table and the snapshots' L1 tables
@@ -22,9 +24,8 @@ static bool overlaps(uint64_t a, uint64_t alen, uint64_t b, uint64_t blen)
     return alen && blen && a < b + blen && b < a + alen;
 }
 
-/* Which metadata [off, off+len) overlaps; NULL if none. */
-static const char *find_overlap(const struct qcow2 *q, uint64_t off,
-                                uint64_t len)
+const char *qcow2_metadata_at(const struct qcow2 *q, uint64_t off,
+                              uint64_t len)
 {
     const uint64_t cs = q->cluster_size;
     if (overlaps(off, len, 0, cs))
@@ -51,7 +52,7 @@ static const char *find_overlap(const struct qcow2 *q, uint64_t off,
 
 int qcow2_check_data_target(struct qcow2 *q, uint64_t off, uint64_t len)
 {
-    const char *what = find_overlap(q, off, len);
+    const char *what = qcow2_metadata_at(q, off, len);
     if (!what)
         return 0;
     return qcow2_corrupt(q, "guest data would be written at host offset 0x%"

@@ -245,6 +245,9 @@ int qcow2_prepare_write(struct qcow2 *q);
  * On failure writes one line into err. */
 int qcow2_open_backing(struct qcow2 *q, const char *name, const char *fmt,
                        const char *root, char *err, size_t errlen);
+/* A string from the image (a backing file name or format), fit for a
+ * one-line message: each byte outside 0x20..0x7e becomes '?'. */
+const char *qcow2_printable(const char *in, char *out, size_t outlen);
 
 /* ---- snapshot.c ---- */
 
@@ -328,9 +331,12 @@ enum sc_kind qcow2_sc_kind(const struct qcow2 *q, const struct l2e *e,
 
 /* ---- overlap.c ---- */
 
-/* Before guest data goes to host [off, off+len) (an in-place target or a
- * new allocation): if that is metadata, mark the image corrupt and return
- * -EUCLEAN.  Lock held. */
+/* Which metadata host [off, off+len) overlaps ("the L1 table", ...), or
+ * NULL.  Lock held. */
+const char *qcow2_metadata_at(const struct qcow2 *q, uint64_t off,
+                              uint64_t len);
+/* Before guest data goes in place to host [off, off+len): if that is
+ * metadata, mark the image corrupt and return -EUCLEAN.  Lock held. */
 int qcow2_check_data_target(struct qcow2 *q, uint64_t off, uint64_t len);
 
 /* ---- compress.c ---- */

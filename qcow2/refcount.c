@@ -208,6 +208,12 @@ static int ensure_block(struct qcow2 *q, uint64_t ri, uint64_t *off)
     uint64_t ci = ri << q->rb_bits;
     if (past_device(q, ci))
         return -ENOSPC;
+    /* E.g. range 0 without a block: never put one over the header. */
+    const char *what = qcow2_metadata_at(q, ci * cs, cs);
+    if (what)
+        return qcow2_corrupt(q, "refcount table entry %" PRIu64 " is empty, "
+                             "but host cluster %" PRIu64 " holds %s",
+                             ri, ci, what);
     uint8_t *buf = calloc(1, cs);
     if (!buf)
         return -ENOMEM;
@@ -292,13 +298,6 @@ int64_t qcow2_alloc_clusters(struct qcow2 *q, uint64_t n, uint64_t *off)
             return r;
         ret = alloc_clusters(q, n, off);
     }
-    /* Free per the refcounts, yet metadata: the refcounts are wrong. */
-    if (ret > 0) {
-        int r = qcow2_check_data_target(q, *off,
-                                        (uint64_t)ret << q->cluster_bits);
-        if (r < 0)
-            return r;
-    }
     return ret;
 }
 
@@ -353,6 +352,14 @@ static int64_t find_and_claim(struct qcow2 *q, uint64_t k, uint64_t n,
             break;
         got++;
     }
+    /* Free per the refcounts, yet metadata: the refcounts are wrong, and
+     * guest data or a new table must not go there. */
+    const char *what = qcow2_metadata_at(q, k << q->cluster_bits,
+                                         got << q->cluster_bits);
+    if (what)
+        return qcow2_corrupt(q, "host clusters %" PRIu64 "..%" PRIu64
+                             " have refcount 0, but hold %s", k,
+                             k + got - 1, what);
     for (uint64_t i = 0; i < got; i++) {
         ret = qcow2_update_refcount(q, k + i, 1);
         if (ret < 0) {

@@ -7,7 +7,7 @@ set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 
 PKGS="build-essential cmake pkg-config zlib1g-dev libzstd-dev dpkg-dev
-      qemu-utils python3 mount groff-base"
+      qemu-utils python3 mount groff-base clang libclang-rt-14-dev"
 
 if [ "$(id -u)" != 0 ]; then
     echo "install-deps.sh: must run as root (apt-get)" >&2

@@ -19,6 +19,8 @@ export QLUN_E2E_REQUIRED=ON
 status=0
 echo "=== unit and interop tests (ASan + UBSan) ==="
 ctest --test-dir "$repo/build-asan" --output-on-failure -j 2 || status=1
+echo "=== fuzz targets (libFuzzer, ASan + UBSan), ${QLUN_FUZZ_SECONDS:-60} s each ==="
+ctest --test-dir "$repo/build-fuzz" --output-on-failure --no-tests=error -L fuzz || status=1
 if [ "${QLUN_SKIP_E2E:-0}" = 1 ]; then
     e2e="NOT RUN (QLUN_SKIP_E2E=1)"
     echo "=== end-to-end tests in the VM rig: NOT RUN ==="

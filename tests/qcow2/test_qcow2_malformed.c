@@ -198,6 +198,46 @@ static void refcount_case(void)
     printf("%-28s flagged corrupt at run time\n", "reftable-entry");
 }
 
+/* Refcounts that say a cluster of the header's own metadata is free (or
+ * have no refcount block for it): the first allocation must find the image
+ * corrupt, not hand out (or put a new refcount block on) the header, the
+ * L1 table or the refcount table. */
+static void metadata_refcount_case(const char *name, int what)
+{
+    char path[4200], err[1024];
+    struct image *img;
+    snprintf(path, sizeof(path), "%s/%s.qcow2", dir, name);
+    make(path, "cluster_size=64k");
+    uint64_t rt = get(path, HDR_REFTABLE_OFFSET, 8);
+    uint64_t rb = get(path, rt, 8);
+    uint64_t l1 = get(path, HDR_L1_OFFSET, 8);
+    uint64_t l1e = get(path, l1, 8);
+    if (what == 0)
+        put(path, rt, 0, 8);                  /* no block for range 0 */
+    else if (what == 1)
+        put(path, rb, 0, 2);                  /* header cluster free */
+    else if (what == 2)
+        put(path, rb + 2 * (l1 >> 16), 0, 2); /* L1 table cluster free */
+    else
+        put(path, rb + 2 * (rt >> 16), 0, 2); /* refcount table free */
+    if (try_open(path, false, NULL, &img, err, sizeof(err)) < 0) {
+        QT_FAIL("%s: open refused: %s", name, err);
+        return;
+    }
+    uint8_t buf[512] = { 1 };
+    int ret = image_write(img, buf, sizeof(buf), 8 << 20, 0);
+    if (ret != -EUCLEAN)
+        QT_FAIL("%s: allocating write returned %d", name, ret);
+    image_close(img);
+    QT_CHECK(get(path, 0, 4) == QCOW2_MAGIC);
+    QT_CHECK(get(path, HDR_L1_OFFSET, 8) == l1);
+    QT_CHECK(get(path, l1, 8) == l1e);
+    QT_CHECK(get(path, HDR_REFTABLE_OFFSET, 8) == rt);
+    QT_CHECK(get(path, rt, 8) == (what == 0 ? 0 : rb));
+    QT_CHECK(get(path, HDR_INCOMPAT, 8) & INCOMPAT_CORRUPT);
+    printf("%-28s flagged corrupt, metadata intact\n", name);
+}
+
 static void backing_cases(void)
 {
     char a[4200], b[4200], loop1[4200], loop2[4200], fmt[4200];
@@ -252,6 +292,14 @@ static void backing_cases(void)
             "gone.qcow2 1M", dir);
     snprintf(a, sizeof(a), "%s/a/gone.qcow2", dir);
     refused("backing-missing", a, true, NULL, "gone.raw");
+    /* Control characters in names from the image stay out of the one-line
+     * error (refused() checks for a newline). */
+    qt_must("cd '%s/a' && qemu-img create -q -f qcow2 -b \"$(printf "
+            "'gone\\nline')\" -F raw -u nl.qcow2 1M", dir);
+    snprintf(a, sizeof(a), "%s/a/nl.qcow2", dir);
+    refused("backing-name-newline", a, true, NULL, "'gone?line'");
+    put(fmt, p + 8, 0x766d0a6b /* vm\nk */, 4);
+    refused("backing-format-newline", fmt, true, NULL, "'vm?k'");
 }
 
 static void feature_name_case(void)
@@ -524,6 +572,10 @@ int main(void)
     overlap_case("l2", "alloc", at_l2);
     overlap_case("refblock", "alloc", at_refblock);
     refcount_case();
+    metadata_refcount_case("reftable-entry0-empty", 0);
+    metadata_refcount_case("header-refcount-0", 1);
+    metadata_refcount_case("l1-refcount-0", 2);
+    metadata_refcount_case("reftable-refcount-0", 3);
 
     fuzz();
     if (!qt_failed)
