@@ -382,6 +382,9 @@ static void run(struct ctx *x, enum fault f, long at, bool crash_drop,
             QT_CHECK(image_flush(img) < 0);
             QT_CHECK(image_flush(img) < 0);
             uint8_t b[512] = { 1 };
+            /* (Should it succeed, the model must know.) */
+            model_write(m, 0, sizeof(b), b);
+            model_stick(m, 0, sizeof(b));
             if (image_write(img, b, sizeof(b), 0, 0) == 0)
                 QT_FAIL("%s: a write succeeded after a failed fdatasync",
                         what);
