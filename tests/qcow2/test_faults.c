@@ -175,6 +175,15 @@ static const struct config configs[] = {
         .sample = { 0, 45, 30, 25 },
     },
     {
+        /* Small clusters and wide refcounts: new L2 tables and refcount
+         * blocks all the time. */
+        .name = "qcow2 v3 1k, refcount_bits=64",
+        .format = "qcow2",
+        .opts = "compat=1.1,cluster_size=1024,refcount_bits=64",
+        .setup = "-c 'write -P 0x21 0 64k' -c 'write -c -P 0x22 1M 16k'",
+        .sample = { 0, 25, 15, 10 },
+    },
+    {
         .name = "raw",
         .format = "raw",
         .setup = "-c 'write -P 0x31 0 7M'",
@@ -184,7 +193,7 @@ static const struct config configs[] = {
         .name = "qcow2 v3 512B lazy refcounts, snapshot",
         .format = "qcow2",
         .opts = "compat=1.1,cluster_size=512,lazy_refcounts=on",
-        .setup = "-c 'write -P 0x41 0 1M' -c 'write -c -P 0x42 2M 4k'",
+        .setup = "-c 'write -P 0x41 0 1M' -c 'write -c -P 0x42 1M 4k'",
         .snapshot = true,
         .long_only = true,
     },
@@ -236,6 +245,13 @@ static void make_workload(uint64_t seed)
             g->off = ALIGN_DOWN(g->off, 512);
             g->len = 512 * (1 + qt_below(&r, 300));
             break;
+        }
+        /* Every eighth: rewrite part of what the setup made (compressed
+         * clusters at 1 MiB, data at 0) or of the backing file. */
+        if (i % 8 == 3) {
+            g->kind = G_WRITE;
+            g->off = (i % 16 == 3 ? (1 << 20) : 0) + qt_below(&r, 16384);
+            g->len = 1 + qt_below(&r, 8192);
         }
         g->len = MIN(g->len, SIZE - g->off);
         g->seed = qt_rand(&r);
