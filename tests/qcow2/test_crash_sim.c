@@ -469,6 +469,22 @@ static bool engine_reopen(struct replay *rp, char *why, size_t whylen)
         snprintf(why, whylen, "engine cannot reopen it: %s", err);
         return false;
     }
+    /* The engine must read the crash image as qemu-img did (for a dirty
+     * image: after its refcount rebuild). */
+    uint8_t *all = malloc(img->size);
+    assert(all);
+    ret = image_read(img, all, img->size, 0);
+    char diff[512] = "";
+    bool same = ret == 0 && model_accepts(&rp->m, all, diff, sizeof(diff));
+    free(all);
+    if (!same) {
+        if (ret < 0)
+            snprintf(why, whylen, "engine cannot read it: %s", strerror(-ret));
+        else
+            snprintf(why, whylen, "reopened by the engine: %s", diff);
+        image_close(img);
+        return false;
+    }
     uint8_t buf[4096];
     fill_random(&rp->rng, buf, sizeof(buf));
     uint64_t off = ALIGN_DOWN(qt_below(&rp->rng, img->size - sizeof(buf)),
@@ -875,9 +891,10 @@ int main(void)
     host_sys.fdatasync = rec_fdatasync;
     const char *only = getenv("QLUN_CRASH_CONFIG");
     for (unsigned i = 0; i < ARRAY_SIZE(configs); i++) {
-        if (configs[i].long_only && !long_mode)
-            continue;
-        if (only && (unsigned)atoi(only) != i)
+        /* QLUN_CRASH_CONFIG=n runs configuration n only (even a long one,
+         * sampled unless in long mode). */
+        if (only ? (unsigned)atoi(only) != i
+                 : configs[i].long_only && !long_mode)
             continue;
         run_config(&configs[i], i);
     }
