@@ -49,6 +49,7 @@ static bool counting;           /* between open and close of the workload */
 static enum fault inject;
 static long inject_at;          /* index among the calls the fault applies to */
 static long n_all, n_mod, n_write;
+static long before_close[4];    /* calls per fault class before the close */
 static bool fired;
 static enum call fired_call;
 static int fired_mode;          /* fallocate mode of the faulted call */
@@ -339,6 +340,11 @@ static void run(struct ctx *x, enum fault f, long at, bool crash_drop,
         bool was = fired;
         int ret = 0;
         if (!g) {
+            if (f == F_NONE) {
+                before_close[F_EIO] = n_all;
+                before_close[F_ENOSPC] = n_mod;
+                before_close[F_SHORT] = n_write;
+            }
             if (crash_drop && qcow2) {
                 qcow2_simulate_crash(img);
             } else {
@@ -564,7 +570,10 @@ int main(void)
                            1000.0;
             for (long k = 0; k < want; k++) {
                 long at = MIN(n - 1, (long)(start + step * (double)k));
-                run(&x, f, at, (k + (long)f) % 2 == 0, k % 4 == 0);
+                /* Calls the final close makes cannot fail in a run that
+                 * ends in a crash. */
+                bool crash = (k + (long)f) % 2 == 0 && at < before_close[f];
+                run(&x, f, at, crash, k % 4 == 0);
                 injected[f]++;
             }
         }
