@@ -24,7 +24,11 @@
  * a write, close, and pass qemu-img check (exit 0, or 3 for leaks).
  *
  * CI mode samples the call indices; QLUN_FAULTS_LONG=1 tries every one
- * (and more configurations).
+ * (and more configurations); QLUN_FAULTS_CONFIG=n runs one configuration.
+ *
+ * "Can it fail?"  With host_flush() not latching its failure, or with
+ * rw_full() (block/host.c) not retrying a short write, this test fails
+ * (flush/write succeeding after a failed fdatasync; flushed data missing).
  */
 #include <linux/falloc.h>
 #include <time.h>
