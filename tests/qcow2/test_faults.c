@@ -337,8 +337,8 @@ static void run(struct ctx *x, enum fault f, long at, bool crash_drop,
     counting = true;
 
     int failed = -1;       /* index of the op the fault failed */
-    bool latched = false;
-    for (int i = 0; i <= NGOPS && failed < 0; i++) {
+    bool latched = false, stop = false;
+    for (int i = 0; i <= NGOPS && !latched && !stop; i++) {
         /* Op NGOPS is the close (or crash) at the end. */
         const struct gop *g = i < NGOPS ? &gops[i] : NULL;
         bool was = fired;
@@ -391,19 +391,37 @@ static void run(struct ctx *x, enum fault f, long at, bool crash_drop,
             if (ret < 0) {
                 failed = i;
                 latched = fired_call == C_SYNC;
+                if (g && g->kind != G_FLUSH)
+                    model_stick(m, g->off, g->len);
+                /* Anything but a failed fdatasync is transient: the image
+                 * must go on working.  Flush now (it must succeed), then
+                 * carry on with the rest of the workload. */
+                if (g && !latched) {
+                    int r2 = image_flush(img);
+                    if (r2 != 0) {
+                        QT_FAIL("%s: after a %s in %s (op %d), the next "
+                                "flush fails: %s", what, fault_name[f],
+                                call_name[fired_call], i, strerror(-r2));
+                        stop = true;
+                    } else {
+                        model_flush(m);
+                    }
+                }
+                continue;
             }
         } else if (ret < 0) {
-            QT_FAIL("%s: %s (op %d) failed (no EIO/ENOSPC injected in it): %s", what, opname,
-                    i, strerror(-ret));
-            failed = i;
+            QT_FAIL("%s: %s (op %d) failed (no EIO/ENOSPC injected in it%s): "
+                    "%s", what, opname, i,
+                    failed >= 0 ? ", but in an earlier one" : "",
+                    strerror(-ret));
+            if (g && g->kind != G_FLUSH)
+                model_stick(m, g->off, g->len);
+            stop = true;
         }
         if (ret == 0 && g && (g->kind == G_FLUSH || g->kind == G_FUA))
             model_flush(m);
     }
-    if (failed >= 0 && failed < NGOPS) {
-        const struct gop *g = &gops[failed];
-        if (g->kind != G_FLUSH)
-            model_stick(m, g->off, g->len);
+    if (img) {
         if (latched) {
             /* The pages the failed fdatasync covered may be gone; no
              * later flush may say otherwise. */
@@ -416,14 +434,6 @@ static void run(struct ctx *x, enum fault f, long at, bool crash_drop,
             if (image_write(img, b, sizeof(b), 0, 0) == 0)
                 QT_FAIL("%s: a write succeeded after a failed fdatasync",
                         what);
-        } else {
-            int ret = image_flush(img);
-            if (ret != 0)
-                QT_FAIL("%s: after a %s in %s, the next flush fails: %s",
-                        what, fault_name[f], call_name[fired_call],
-                        strerror(-ret));
-            else
-                model_flush(m);
         }
         if (crash_drop && qcow2) {
             qcow2_simulate_crash(img);
@@ -433,6 +443,8 @@ static void run(struct ctx *x, enum fault f, long at, bool crash_drop,
                 QT_FAIL("%s: close succeeded after a failed fdatasync", what);
             if (!latched && ret != 0)
                 QT_FAIL("%s: close: %s", what, strerror(-ret));
+            if (ret == 0)
+                model_flush(m);
         }
     }
     counting = false;
