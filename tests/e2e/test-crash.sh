@@ -24,10 +24,11 @@
 # not built, or no kernel / QEMU for the rig).
 # Env: QLUN_HANDLER_DIR, QLUN_BUILD_DIR (default <repo>/build), QLUN_RIG_*
 # (see rig.sh), QLUN_E2E_KEEP=1 keep the work dir, QLUN_E2E_TCMU_DEBUG=1
-# tcmu-runner -d, QLUN_E2E_CRASH_KILL_AFTER (s into fio, default 8),
-# QLUN_E2E_CRASH_RUNTIME (fio runtime, default 20).
+# tcmu-runner -d, QLUN_E2E_CRASH_KILL_AFTER (s of fio writing before the
+# kill, default 6), QLUN_E2E_CRASH_AFTER (s of fio writing after the LUNs
+# serve again, default 4).
 set -u
-export QLUN_RIG_TIMEOUT=${QLUN_RIG_TIMEOUT:-900}
+export QLUN_RIG_TIMEOUT=${QLUN_RIG_TIMEOUT:-1000}
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 START=$(date +%s)

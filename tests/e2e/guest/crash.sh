@@ -50,12 +50,24 @@ SMALL_IMG=$RIG_DATA/small.ext4
 NSQ=$SMALL/nospc.qcow2
 NSR=$SMALL/nospc.raw
 FIODIR=$RIG_DATA/fio          # fio's verify state files (local-<job>-<n>-verify.state)
-KILL_AFTER=${QLUN_E2E_CRASH_KILL_AFTER:-8}
-FIO_RUNTIME=${QLUN_E2E_CRASH_RUNTIME:-20}
+KILL_AFTER=${QLUN_E2E_CRASH_KILL_AFTER:-6}   # s of fio writing before the kill
+AFTER_RESTART=${QLUN_E2E_CRASH_AFTER:-4}     # s of fio writing after the LUNs serve again
 
 now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}'; }
 figure() { echo "$*" >>"$FIG"; rig_log "FIGURE: $*"; }
+# writes completed by the initiator on DEV so far (/sys/block/sdX/stat field 5)
+dev_writes() { awk '{print $5}' "/sys/block/${1#/dev/}/stat"; }
+# wait_writes DEV MIN_NEW TIMEOUT_S : until DEV completed MIN_NEW more writes
+wait_writes() {
+    local dev=$1 n=$2 t=$3 w0 i
+    w0=$(dev_writes "$dev")
+    for ((i = 0; i < t * 5; i++)); do
+        [ $(( $(dev_writes "$dev") - w0 )) -ge "$n" ] && return 0
+        sleep 0.2
+    done
+    return 1
+}
 
 # qcheck_ok FILE : qemu-img check exit 0 (clean) or 3 (leaked clusters only)
 qcheck() {   # LABEL IMG OUTFILE [extra qemu-img args] -> sets QRC
@@ -90,6 +102,8 @@ fi
 if ! rig_check "target up (LIO, D-Bus, tcmu-runner with qlun)" rig_target_up "$HDIR"; then
     rig_diag "target up"; rig_report; exit
 fi
+# kernel messages only in dmesg (the LUN deleted under fio floods the console)
+dmesg -n 1
 
 # ---- images, the small filesystem, the target -----------------------------------
 modprobe loop
@@ -152,7 +166,7 @@ log_avg_msec=1000
 EOF
 }
 {
-    printf '[global]\nioengine=libaio\ndirect=1\nrandrepeat=1\ngroup_reporting=0\nruntime=%s\n' "$FIO_RUNTIME"
+    printf '[global]\nioengine=libaio\ndirect=1\nrandrepeat=1\ngroup_reporting=0\nruntime=600\n'
     fua_job fua-r "$DR"; echo do_verify=0
     fua_job fua-q "$DQ"; echo do_verify=0
     for j in load-r:"$DR" load-q:"$DQ"; do
@@ -170,6 +184,13 @@ rm -f "$FIODIR"/*.state
 (cd "$FIODIR" && exec fio --output="$OUT/fio-crash.txt" "$OUT/crash.fio") &
 FIO_PID=$!
 T_FIO=$(now)
+# fio starts slowly under TCG: time the kill from its first writes
+if wait_writes "$DR" 8 60 && wait_writes "$DQ" 8 30; then
+    rig_pass "fio writes to both LUNs"
+else
+    rig_fail "fio writes to both LUNs" "no writes within 60 s: see out/fio-crash.txt"
+fi
+T_IO=$(now); wrio=$(dev_writes "$DR"); wqio=$(dev_writes "$DQ")
 sleep $((KILL_AFTER / 2))
 # markers: plain writes, then SYNCHRONIZE CACHE, while the load runs
 head -c 65536 /dev/urandom >"$OUT/marker.bin"
@@ -181,15 +202,22 @@ done
 [ $mk_ok = 1 ] && rig_pass "marker (64 KiB at 960M) written and SYNCHRONIZE CACHE on both LUNs during the load" \
     || rig_fail "marker written and flushed during the load"
 sleep $((KILL_AFTER - KILL_AFTER / 2))
-kill -0 "$FIO_PID" 2>/dev/null && rig_pass "fio still running when tcmu-runner is killed" \
-    || rig_fail "fio still running when tcmu-runner is killed" "fio ended early: see out/fio-crash.txt"
+wr0=$(dev_writes "$DR"); wq0=$(dev_writes "$DQ")
+sleep 1
+wr1=$(dev_writes "$DR"); wq1=$(dev_writes "$DQ")
+INFLIGHT="$(tr -s ' ' <"/sys/block/${DR#/dev/}/inflight") / $(tr -s ' ' <"/sys/block/${DQ#/dev/}/inflight")"
 T_KILL=$(now)
 OLD_PID=$RIG_TCMU_PID
 kill -9 "$RIG_TCMU_PID"
 wait "$RIG_TCMU_PID" 2>/dev/null
 RIG_TCMU_PID=
 KILL_REL=$(awk -v a="$T_FIO" -v b="$T_KILL" 'BEGIN{printf "%.1f", b-a}')
-rig_log "tcmu-runner (pid $OLD_PID) killed with SIGKILL ${KILL_REL} s into fio"
+KILL_IO=$(awk -v a="$T_IO" -v b="$T_KILL" 'BEGIN{printf "%.1f", b-a}')
+rig_log "tcmu-runner (pid $OLD_PID) killed with SIGKILL ${KILL_REL} s after fio started, ${KILL_IO} s after its first writes"
+figure "kill -9: in the last second before the kill the initiator completed $((wr1 - wr0)) writes on the raw LUN, $((wq1 - wq0)) on the qcow2 LUN; in flight (read write) at the kill: $INFLIGHT"
+kill -0 "$FIO_PID" 2>/dev/null && [ $((wr1 - wr0)) -gt 0 ] && [ $((wq1 - wq0)) -gt 0 ] \
+    && rig_pass "tcmu-runner killed while fio was writing to both LUNs" \
+    || rig_fail "tcmu-runner killed while fio was writing to both LUNs" "fio alive: $(kill -0 "$FIO_PID" 2>/dev/null && echo yes || echo no), writes in the last second: $((wr1 - wr0)) / $((wq1 - wq0))"
 # the image as the crash left it (nothing has it open now)
 qcheck "kill -9: crash.qcow2 as the crash left it" "$IMGQ" "$OUT/check-crash-state.txt"
 qemu-img check -f raw "$IMGR" >"$OUT/check-raw.txt" 2>&1
@@ -209,24 +237,33 @@ else
 fi
 grep -E 'open|serving|reset|ring' "$RIG_TCMU_LOG" | grep -v DEBUG | tail -n 12 >"$OUT/tcmu-restart-lines.txt"
 # fio goes on (its commands in flight were failed BUSY by the ring reset and
-# retried); give it its runtime plus the stall
-FIO_RC=
-for _ in $(seq $((FIO_RUNTIME + 60))); do kill -0 "$FIO_PID" 2>/dev/null || break; sleep 1; done
-if kill -0 "$FIO_PID" 2>/dev/null; then
-    kill -TERM "$FIO_PID"; sleep 5; kill -KILL "$FIO_PID" 2>/dev/null
+# retried): let it write a few seconds more, then stop it (SIGINT: it saves
+# its verify state)
+if wait_writes "$DR" 8 60 && wait_writes "$DQ" 8 30; then
+    rig_pass "fio writes to both LUNs again after the restart"
+else
+    rig_fail "fio writes to both LUNs again after the restart" "fio alive: $(kill -0 "$FIO_PID" 2>/dev/null && echo yes || echo no)"
 fi
+sleep "$AFTER_RESTART"
+kill -INT "$FIO_PID" 2>/dev/null
+for _ in $(seq 60); do kill -0 "$FIO_PID" 2>/dev/null || break; sleep 1; done
+kill -0 "$FIO_PID" 2>/dev/null && { rig_log "fio still running 60 s after SIGINT: SIGKILL"; kill -KILL "$FIO_PID"; }
 wait "$FIO_PID"; FIO_RC=$?
 FIO_S=$(since "$T_FIO")
 dmesg >"$OUT/dmesg-after-kill.txt"
 diff "$OUT/dmesg-before-kill.txt" "$OUT/dmesg-after-kill.txt" | sed -n 's/^> //p' >"$OUT/dmesg-kill.txt"
-figure "kill -9: fio exit $FIO_RC after ${FIO_S} s (runtime ${FIO_RUNTIME} s, kill at ${KILL_REL} s); fio errors: $(grep -o 'err=[ 0-9]*' "$OUT/fio-crash.txt" | tr -d ' ' | sort | uniq -c | tr '\n' ' ')"
+figure "kill -9: fio stopped (SIGINT) after ${FIO_S} s, exit $FIO_RC; per-job error status: $(grep -o 'err=[ 0-9]*' "$OUT/fio-crash.txt" | tr -d ' ' | sort | uniq -c | tr '\n' ' ')"
 figure "kill -9: initiator kernel log meanwhile: $(grep -ciE 'abort|reset|timing out|timed out' "$OUT/dmesg-kill.txt") abort/reset/timeout lines, $(grep -ci 'error' "$OUT/dmesg-kill.txt") error lines (out/dmesg-kill.txt)"
 # IOPS before the kill: per-second averages from fio's iops logs
 for j in fua-r fua-q; do
     lg=$(ls "$OUT"/iops-"$j"_iops.*.log 2>/dev/null | head -1)
-    read -r n avg < <(awk -F, -v k="$KILL_REL" '$1/1000 <= k-0.5 { s += $2; n++ } END { printf "%d %.0f\n", n, n ? s/n : 0 }' "$lg" 2>/dev/null)
-    figure "kill -9: $j (4 KiB O_SYNC/FUA, iodepth 8) ${avg:-?} IOPS before the kill (mean of ${n:-0} one-second samples)"
+    # log times count from fio's job start: the kill came KILL_IO s after
+    # the first non-zero sample
+    read -r n avg < <(awk -F, -v k="$KILL_IO" '$2 > 0 && t0 == "" { t0 = $1 }
+        t0 != "" && $1 - t0 <= (k - 1) * 1000 { s += $2; n++ } END { printf "%d %.0f\n", n, n ? s/n : 0 }' "$lg" 2>/dev/null)
+    figure "kill -9: fio job $j (4 KiB O_SYNC = FUA writes, iodepth 8): ${avg:-?} IOPS before the kill (mean of ${n:-0} one-second samples)"
 done
+figure "kill -9: all writes (FUA job + 64 KiB fsync job) completed by the initiator in the ${KILL_IO} s before the kill: raw LUN $(awk -v n=$((wr1 - wrio)) -v t="$KILL_IO" 'BEGIN{printf "%.0f", n/t}') IOPS, qcow2 LUN $(awk -v n=$((wq1 - wqio)) -v t="$KILL_IO" 'BEGIN{printf "%.0f", n/t}') IOPS"
 grep -E '^ *(write|WRITE):' "$OUT/fio-crash.txt" | head -8 >"$OUT/fio-crash-summary.txt"
 states=$(ls "$FIODIR"/*fua-*verify.state 2>/dev/null | wc -l)
 [ "$states" = 2 ] && rig_pass "fio saved its verify state for both FUA jobs" \
@@ -278,6 +315,7 @@ nospc_case() {
         || rig_fail "$L: kernel log shows Data Protect / Space allocation failed write protect" "see out/$L-dmesg.txt"
     # the exact sense of one more WRITE (10) of 64 KiB at an unwritten LBA (200 MiB)
     lba=$((200 * M / 512))
+    # shellcheck disable=SC2046  # the LBA's four CDB bytes as separate words
     sg_raw -v -s 65536 -i "$OUT/$L-keep.bin" "$dev" 2a 00 $(printf '%02x %02x %02x %02x' $((lba >> 24 & 255)) $((lba >> 16 & 255)) $((lba >> 8 & 255)) $((lba & 255))) 00 00 80 00 \
         >"$OUT/$L-sg_raw.txt" 2>&1; rc=$?
     sense=$(grep -iE 'sense key|Data protect|space allocation' "$OUT/$L-sg_raw.txt" | head -2 | tr -s ' ' | tr '\n' ' ')
@@ -319,7 +357,8 @@ dmesg >"$OUT/dmesg-before-close.txt"
 (exec fio --name=close-q --filename="$DQ" --ioengine=libaio --direct=1 --rw=randwrite --bs=64k \
     --offset=256M --size=256M --iodepth=16 --runtime=30 --output="$OUT/fio-close.txt") &
 FIO_PID=$!
-sleep 4
+wait_writes "$DQ" 8 60 || rig_log "no writes from fio on $DQ within 60 s"
+sleep 2
 t0=$(now)
 targetcli /backstores/user:qlun delete crashq >"$OUT/delete.txt" 2>&1; rc=$?
 DEL_S=$(since "$t0")
@@ -329,7 +368,7 @@ DEL_S=$(since "$t0")
 for _ in $(seq 60); do kill -0 "$FIO_PID" 2>/dev/null || break; sleep 1; done
 kill -0 "$FIO_PID" 2>/dev/null && { kill -KILL "$FIO_PID"; rig_log "fio on the deleted LUN killed after 60 s"; }
 wait "$FIO_PID"; rc=$?
-figure "close in flight: backstore deleted 4 s into fio (targetcli ${DEL_S} s); fio exit $rc: $(grep -m1 -o 'err=[^:]*:[^)]*)' "$OUT/fio-close.txt")"
+figure "close in flight: backstore deleted ~2 s into fio's writes (targetcli ${DEL_S} s); fio exit $rc: $(grep -m1 -o 'err=[^:]*:[^)]*)' "$OUT/fio-close.txt")"
 sleep 1
 rig_check "tcmu-runner still running after the backstore was deleted under I/O" rig_tcmu_alive
 rig_check "LUN 0 (raw) still serves: 64 KiB written, flushed, read back" serve "$DR" $((1010 * M)) r2
