@@ -28,7 +28,7 @@
 # kill, default 6), QLUN_E2E_CRASH_AFTER (s of fio writing after the LUNs
 # serve again, default 4).
 set -u
-export QLUN_RIG_TIMEOUT=${QLUN_RIG_TIMEOUT:-1000}
+export QLUN_RIG_TIMEOUT=${QLUN_RIG_TIMEOUT:-1200}
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 START=$(date +%s)

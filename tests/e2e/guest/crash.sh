@@ -52,6 +52,7 @@ NSR=$SMALL/nospc.raw
 FIODIR=$RIG_DATA/fio          # fio's verify state files (local-<job>-<n>-verify.state)
 KILL_AFTER=${QLUN_E2E_CRASH_KILL_AFTER:-6}   # s of fio writing before the kill
 AFTER_RESTART=${QLUN_E2E_CRASH_AFTER:-4}     # s of fio writing after the LUNs serve again
+CMD_TIME_OUT=${QLUN_E2E_CRASH_TIMEOUT:-120}  # TCMU cmd_time_out and sd timeout of the crash LUNs
 
 now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}'; }
@@ -60,9 +61,9 @@ figure() { echo "$*" >>"$FIG"; rig_log "FIGURE: $*"; }
 dev_writes() { awk '{print $5}' "/sys/block/${1#/dev/}/stat"; }
 # wait_writes DEV MIN_NEW TIMEOUT_S : until DEV completed MIN_NEW more writes
 wait_writes() {
-    local dev=$1 n=$2 t=$3 w0 i
+    local dev=$1 n=$2 end=$((SECONDS + $3)) w0
     w0=$(dev_writes "$dev")
-    for ((i = 0; i < t * 5; i++)); do
+    while [ "$SECONDS" -lt "$end" ]; do
         [ $(( $(dev_writes "$dev") - w0 )) -ge "$n" ] && return 0
         sleep 0.2
     done
@@ -121,6 +122,21 @@ truncate -s $((256 * M)) "$NSR"
     --lun "image=$NSR,format=raw,name=nospcr" \
     --target-iqn "$IQN" --initiator-iqn "$RIG_INITIATOR_IQN" \
     --chap-user "$RIG_CHAP_USER" --chap-password "$RIG_CHAP_PASS" -o "$OUT/crash.json"
+# The crash LUNs get TCMU cmd_time_out 120 s (default 30; settable only
+# before the LUN is exported): a command left in the ring by the killed
+# runner then waits for the restart's ring reset (BUSY, retried by the
+# initiator) instead of expiring with an error when a restart under TCG on a
+# shared host takes longer than 30 s.  The initiator's sd timeout is raised
+# to match below.
+python3 - "$OUT/crash.json" "$CMD_TIME_OUT" <<'PY'
+import json, sys
+p, t = sys.argv[1], int(sys.argv[2])
+d = json.load(open(p))
+for so in d["storage_objects"]:
+    if so["name"] in ("crashr", "crashq"):
+        so.setdefault("attributes", {})["cmd_time_out"] = t
+json.dump(d, open(p, "w"), indent=2)
+PY
 DR=; DQ=; DNQ=; DNR=
 if rig_check "restoreconfig: 4 user:qlun LUNs (raw + qcow2 on /data, qcow2 + raw on $SMALL)" \
         rig_restoreconfig "$OUT/crash.json" >"$OUT/restore.txt" 2>&1 &&
@@ -144,8 +160,10 @@ for d in "$DR" "$DQ"; do
         && rig_pass "$d: write cache on and FUA honoured (cache_type '$ct', queue/fua $fua): O_SYNC writes go out as FUA" \
         || rig_fail "$d: write back cache with FUA" "cache_type '$ct', queue/fua '$fua'"
 done
+SD_DEFAULT=$(cat /sys/block/"${DQ#/dev/}"/device/timeout)
+for d in "$DR" "$DQ"; do echo "$CMD_TIME_OUT" >/sys/block/"${d#/dev/}"/device/timeout; done
 SD_TIMEOUT=$(cat /sys/block/"${DQ#/dev/}"/device/timeout)
-figure "initiator: sd timeout ${SD_TIMEOUT} s, iSCSI replacement_timeout $(iscsiadm -m node -T "$IQN" -p "$RIG_PORTAL" | sed -n 's/^node.session.timeo.replacement_timeout = //p') s; TCMU cmd_time_out $(cat /sys/kernel/config/target/core/user_*/crashq/attrib/cmd_time_out 2>/dev/null) s"
+figure "initiator: sd timeout ${SD_TIMEOUT} s (default $SD_DEFAULT), iSCSI replacement_timeout $(iscsiadm -m node -T "$IQN" -p "$RIG_PORTAL" | sed -n 's/^node.session.timeo.replacement_timeout = //p') s; TCMU cmd_time_out $(cat /sys/kernel/config/target/core/user_*/crashq/attrib/cmd_time_out 2>/dev/null) s (crashq), $(cat /sys/kernel/config/target/core/user_*/nospcq/attrib/cmd_time_out 2>/dev/null) s (default, nospcq)"
 
 # FUA jobs first: verify.fio repeats them as jobs 0 and 1 (the state files
 # are named after the job's name and index)
@@ -220,8 +238,6 @@ kill -0 "$FIO_PID" 2>/dev/null && [ $((wr1 - wr0)) -gt 0 ] && [ $((wq1 - wq0)) -
     || rig_fail "tcmu-runner killed while fio was writing to both LUNs" "fio alive: $(kill -0 "$FIO_PID" 2>/dev/null && echo yes || echo no), writes in the last second: $((wr1 - wr0)) / $((wq1 - wq0))"
 # the image as the crash left it (nothing has it open now)
 qcheck "kill -9: crash.qcow2 as the crash left it" "$IMGQ" "$OUT/check-crash-state.txt"
-qemu-img check -f raw "$IMGR" >"$OUT/check-raw.txt" 2>&1
-figure "kill -9: qemu-img check -f raw crash.raw: exit $? ($(tail -1 "$OUT/check-raw.txt"))"
 T_RESTART=$(now)
 if rig_check "tcmu-runner restarted after kill -9 (re-opens the 4 TCMU devices)" tcmu_up; then
     UP_S=$(since "$T_RESTART")
@@ -239,12 +255,12 @@ grep -E 'open|serving|reset|ring' "$RIG_TCMU_LOG" | grep -v DEBUG | tail -n 12 >
 # fio goes on (its commands in flight were failed BUSY by the ring reset and
 # retried): let it write a few seconds more, then stop it (SIGINT: it saves
 # its verify state)
-if wait_writes "$DR" 8 60 && wait_writes "$DQ" 8 30; then
-    rig_pass "fio writes to both LUNs again after the restart"
+if kill -0 "$FIO_PID" 2>/dev/null && wait_writes "$DR" 8 60 && wait_writes "$DQ" 8 30 && kill -0 "$FIO_PID" 2>/dev/null; then
+    rig_pass "fio writes on to both LUNs after the restart (the commands in flight at the kill were retried)"
+    sleep "$AFTER_RESTART"
 else
-    rig_fail "fio writes to both LUNs again after the restart" "fio alive: $(kill -0 "$FIO_PID" 2>/dev/null && echo yes || echo no)"
+    rig_fail "fio writes on to both LUNs after the restart" "fio alive: $(kill -0 "$FIO_PID" 2>/dev/null && echo yes || echo no); see out/fio-crash.txt, out/dmesg-kill.txt"
 fi
-sleep "$AFTER_RESTART"
 kill -INT "$FIO_PID" 2>/dev/null
 for _ in $(seq 60); do kill -0 "$FIO_PID" 2>/dev/null || break; sleep 1; done
 kill -0 "$FIO_PID" 2>/dev/null && { rig_log "fio still running 60 s after SIGINT: SIGKILL"; kill -KILL "$FIO_PID"; }
@@ -252,7 +268,10 @@ wait "$FIO_PID"; FIO_RC=$?
 FIO_S=$(since "$T_FIO")
 dmesg >"$OUT/dmesg-after-kill.txt"
 diff "$OUT/dmesg-before-kill.txt" "$OUT/dmesg-after-kill.txt" | sed -n 's/^> //p' >"$OUT/dmesg-kill.txt"
-figure "kill -9: fio stopped (SIGINT) after ${FIO_S} s, exit $FIO_RC; per-job error status: $(grep -o 'err=[ 0-9]*' "$OUT/fio-crash.txt" | tr -d ' ' | sort | uniq -c | tr '\n' ' ')"
+ferr=$(grep -o 'err=[ 0-9]*' "$OUT/fio-crash.txt" | tr -d ' ' | sort | uniq -c | tr -s ' ' | tr '\n' ' ')
+figure "kill -9: fio stopped (SIGINT) after ${FIO_S} s, exit $FIO_RC; per-job error status: $ferr"
+[ "$(grep -c 'err= 0' "$OUT/fio-crash.txt")" = 4 ] && rig_pass "fio saw no I/O error across the kill and restart (4 jobs err=0)" \
+    || rig_fail "fio saw no I/O error across the kill and restart" "$ferr; $(grep -m1 'io_u error' "$OUT/fio-crash.txt")"
 figure "kill -9: initiator kernel log meanwhile: $(grep -ciE 'abort|reset|timing out|timed out' "$OUT/dmesg-kill.txt") abort/reset/timeout lines, $(grep -ci 'error' "$OUT/dmesg-kill.txt") error lines (out/dmesg-kill.txt)"
 # IOPS before the kill: per-second averages from fio's iops logs
 for j in fua-r fua-q; do
@@ -397,6 +416,8 @@ rig_check "tcmu-runner still running at the end" rig_tcmu_alive
 rig_stop_tcmu
 qcheck "end: crash.qcow2 (after kill -9, close in flight, reopen)" "$IMGQ" "$OUT/check-end.txt"
 qcheck "end: nospc.qcow2 (after ENOSPC)" "$NSQ" "$OUT/check-nospc.txt"
+qemu-img check -f raw "$IMGR" >"$OUT/check-raw.txt" 2>&1
+figure "end: qemu-img check -f raw crash.raw: exit $? ($(tail -1 "$OUT/check-raw.txt"))"
 umount "$SMALL"
 [ "$RIG_NFAIL" -gt 0 ] && rig_diag "end of run"
 rig_report
