@@ -374,7 +374,7 @@ grep -q 'delayed block allocation failed' "$OUT"/nospc-*-dmesg.txt \
 # ==== Part 2: close with I/O in flight ================================================
 dmesg >"$OUT/dmesg-before-close.txt"
 (exec fio --name=close-q --filename="$DQ" --ioengine=libaio --direct=1 --rw=randwrite --bs=64k \
-    --offset=256M --size=256M --iodepth=16 --runtime=30 --output="$OUT/fio-close.txt") &
+    --offset=256M --size=256M --iodepth=16 --time_based=1 --runtime=600 --output="$OUT/fio-close.txt") &
 FIO_PID=$!
 wait_writes "$DQ" 8 60 || rig_log "no writes from fio on $DQ within 60 s"
 sleep 2
@@ -384,10 +384,17 @@ DEL_S=$(since "$t0")
 [ $rc = 0 ] && ! ls -d /sys/kernel/config/target/core/user_*/crashq >/dev/null 2>&1 \
     && rig_pass "backstore crashq deleted while fio wrote to it (${DEL_S} s)" \
     || rig_fail "backstore crashq deleted while fio wrote to it" "targetcli exit $rc: $(tail -2 "$OUT/delete.txt")"
-for _ in $(seq 60); do kill -0 "$FIO_PID" 2>/dev/null || break; sleep 1; done
-kill -0 "$FIO_PID" 2>/dev/null && { kill -KILL "$FIO_PID"; rig_log "fio on the deleted LUN killed after 60 s"; }
+# fio (time based) runs until the LUN fails its writes
+end=$((SECONDS + 60))
+while kill -0 "$FIO_PID" 2>/dev/null && [ "$SECONDS" -lt "$end" ]; do sleep 0.5; done
+alive=no
+kill -0 "$FIO_PID" 2>/dev/null && { alive=yes; kill -KILL "$FIO_PID"; rig_log "fio on the deleted LUN killed after 60 s"; }
 wait "$FIO_PID"; rc=$?
-figure "close in flight: backstore deleted ~2 s into fio's writes (targetcli ${DEL_S} s); fio exit $rc: $(grep -m1 -o 'err=[^:]*:[^)]*)' "$OUT/fio-close.txt")"
+ferr=$(grep -m1 -o 'err=[^:]*:[^)]*)' "$OUT/fio-close.txt")
+figure "close in flight: backstore deleted ~2 s into fio's writes (targetcli ${DEL_S} s); fio exit $rc: $ferr"
+[ "$alive" = no ] && [ "$rc" != 0 ] && grep -q 'err= *5' "$OUT/fio-close.txt" \
+    && rig_pass "fio was writing when the backstore went away: its writes failed (EIO) instead of hanging" \
+    || rig_fail "fio was writing when the backstore went away and got EIO" "fio exit $rc, still running after 60 s: $alive; $ferr"
 sleep 1
 rig_check "tcmu-runner still running after the backstore was deleted under I/O" rig_tcmu_alive
 rig_check "LUN 0 (raw) still serves: 64 KiB written, flushed, read back" serve "$DR" $((1010 * M)) r2
