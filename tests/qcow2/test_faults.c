@@ -307,8 +307,9 @@ static bool restore_pristine(struct ctx *x)
     return qt_write_file(x->path, x->pristine, x->pristine_len);
 }
 
-/* Run the workload with the fault armed (F_NONE: the counting run).
- * Returns false if the run could not be judged. */
+/* Run the workload with the fault armed (F_NONE: the counting run), end
+ * it with a close or (qcow2) a crash, reopen and judge.  oracle_read: also
+ * read the image back with qemu-img before reopening. */
 static void run(struct ctx *x, enum fault f, long at, bool crash_drop,
                 bool oracle_read)
 {
