@@ -109,7 +109,7 @@ static int check_rw(struct scsi_lun *lun, struct scsi_cmd *cmd,
 /* Run an image operation on exactly the first len bytes of cmd's buffer
  * (the transport's buffer may be longer). */
 static int with_data(struct scsi_cmd *cmd, size_t len, bool write,
-                     struct image *img, uint64_t off, unsigned flags)
+                     struct image *img, uint64_t off)
 {
     const struct iovec *iov = cmd->iov;
     int cnt = cmd->iovcnt;
@@ -125,7 +125,7 @@ static int with_data(struct scsi_cmd *cmd, size_t len, bool write,
         }
         iov = sliced;
     }
-    int ret = write ? image_writev(img, iov, cnt, off, flags)
+    int ret = write ? image_writev(img, iov, cnt, off, 0)
                     : image_readv(img, iov, cnt, off);
     free(sliced);
     return ret;
@@ -144,7 +144,7 @@ int sbc_read(struct scsi_lun *lun, struct scsi_cmd *cmd)
                              (uint64_t)iov_size(cmd->iov, cmd->iovcnt));
     if (len == 0)
         return SCSI_STATUS_GOOD;
-    int ret = with_data(cmd, len, false, lun->img, r.lba << lun->block_shift, 0);
+    int ret = with_data(cmd, len, false, lun->img, r.lba << lun->block_shift);
     if (ret < 0)
         return scsi_fail_errno(cmd, ret, r.lba, false);
     cmd->data_in_len = len;
@@ -156,12 +156,9 @@ int sbc_read(struct scsi_lun *lun, struct scsi_cmd *cmd)
     return SCSI_STATUS_GOOD;
 }
 
-/* FUA, or a disabled write cache, makes a write durable before we report
- * it done. */
-unsigned sbc_write_flags(struct scsi_lun *lun, uint8_t cdb_flags)
+bool sbc_fua(uint8_t cdb_flags)
 {
-    return (cdb_flags & 0x08) || !atomic_load(&lun->write_cache) ? IMAGE_FUA
-                                                                  : 0;
+    return cdb_flags & 0x08;
 }
 
 int sbc_write(struct scsi_lun *lun, struct scsi_cmd *cmd)
@@ -179,14 +176,12 @@ int sbc_write(struct scsi_lun *lun, struct scsi_cmd *cmd)
     if (iov_size(cmd->iov, cmd->iovcnt) < len)
         return scsi_fail_cdb_field(cmd, r.len_byte, -1);
 
-    pthread_rwlock_rdlock(&lun->write_lock);
-    int ret = with_data(cmd, len, true, lun->img, r.lba << lun->block_shift,
-                        sbc_write_flags(lun, r.flags));
-    pthread_rwlock_unlock(&lun->write_lock);
+    lun_change_begin(lun, LUN_CHANGE_SHARED);
+    int ret = with_data(cmd, len, true, lun->img, r.lba << lun->block_shift);
+    ret = lun_change_end(lun, ret, LUN_CHANGE_WRITE, ret == 0 ? len : 0,
+                         sbc_fua(r.flags));
     if (ret < 0)
         return scsi_fail_errno(cmd, ret, r.lba, true);
-    scsi_stat_add(lun, bytes_written, len);
-    scsi_check_soft_threshold(lun);
     return SCSI_STATUS_GOOD;
 }
 

@@ -132,6 +132,23 @@ int spc_report_supported_opcodes(struct scsi_lun *lun, struct scsi_cmd *cmd);
  * host usage crosses it. */
 void scsi_check_soft_threshold(struct scsi_lun *lun);
 
+/* --- change.c: every command that changes the medium --- */
+enum lun_change_lock {
+    LUN_CHANGE_SHARED,  /* ordinary writes: run side by side */
+    LUN_CHANGE_ATOMIC,  /* read-modify-write: excludes every other change */
+};
+enum lun_change_kind { LUN_CHANGE_WRITE, LUN_CHANGE_ZERO, LUN_CHANGE_UNMAP };
+/* Take the write lock before the first image operation of a change. */
+void lun_change_begin(struct scsi_lun *lun, enum lun_change_lock how);
+/* After the change's image operations: ret is their result (0 or -errno).
+ * Flushes when ret == 0 and fua or the write cache is disabled, drops the
+ * lock, counts bytes (those that reached the image, even on a later error)
+ * as kind, checks the soft threshold.  Returns ret, or the flush's error.
+ * Image operations inside a change never pass IMAGE_FUA: this is where a
+ * change becomes durable. */
+int lun_change_end(struct scsi_lun *lun, int ret, enum lun_change_kind kind,
+                   uint64_t bytes, bool fua);
+
 /* --- sense.c --- */
 /* Fill fixed-format sense and return CHECK CONDITION. */
 int scsi_fail(struct scsi_cmd *cmd, enum sense_key key, enum sense_asc asc);
@@ -172,9 +189,8 @@ bool sbc_range_ok(const struct scsi_lun *lun, uint64_t lba, uint64_t n);
 /* Fetch the data-out buffer's first len bytes into a new heap buffer
  * (caller frees); NULL if the buffer is shorter or memory is short. */
 uint8_t *sbc_data_out(struct scsi_cmd *cmd, size_t len);
-/* Image write flags for a write CDB's byte 1: FUA, or a disabled write
- * cache, makes the write durable before we report it done. */
-unsigned sbc_write_flags(struct scsi_lun *lun, uint8_t cdb_flags);
+/* Does a write CDB's byte 1 ask for FUA? */
+bool sbc_fua(uint8_t cdb_flags);
 int sbc_read_capacity10(struct scsi_lun *lun, struct scsi_cmd *cmd);
 int sbc_read_capacity16(struct scsi_lun *lun, struct scsi_cmd *cmd);
 int sbc_read(struct scsi_lun *lun, struct scsi_cmd *cmd);

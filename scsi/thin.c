@@ -32,7 +32,7 @@ static int unmap_blocks(struct scsi_lun *lun, uint64_t lba, uint64_t n)
 
 /* Write one block's pattern over [lba, lba+n), a large buffer at a time. */
 static int replicate_block(struct scsi_lun *lun, const uint8_t *block,
-                           uint64_t lba, uint64_t n, unsigned flags)
+                           uint64_t lba, uint64_t n)
 {
     enum { BATCH_BYTES = 1 << 20 };
     uint64_t per_batch = BATCH_BYTES >> lun->block_shift;
@@ -46,7 +46,7 @@ static int replicate_block(struct scsi_lun *lun, const uint8_t *block,
     while (n > 0 && ret == 0) {
         uint64_t k = MIN(n, per_batch);
         ret = image_write(lun->img, buf, (size_t)(k << lun->block_shift),
-                          lba << lun->block_shift, flags);
+                          lba << lun->block_shift, 0);
         lba += k;
         n -= k;
     }
@@ -102,26 +102,16 @@ int sbc_write_same(struct scsi_lun *lun, struct scsi_cmd *cmd)
         zero = buf_is_zero(block, lun->block_size);
     }
 
-    pthread_rwlock_rdlock(&lun->write_lock);
-    int ret;
+    lun_change_begin(lun, LUN_CHANGE_SHARED);
     uint64_t bytes = n << lun->block_shift;
-    if (zero) {
-        /* The point of a thin LUN: zeros cost metadata, not data. */
-        ret = zero_blocks(lun, lba, n, unmap);
-        if (ret == 0)
-            scsi_stat_add(lun, bytes_zeroed, bytes);
-    } else {
-        ret = replicate_block(lun, block, lba, n, 0);
-        if (ret == 0)
-            scsi_stat_add(lun, bytes_written, bytes);
-    }
-    if (ret == 0 && !atomic_load(&lun->write_cache))
-        ret = image_flush(lun->img);
-    pthread_rwlock_unlock(&lun->write_lock);
+    /* The point of a thin LUN: zeros cost metadata, not data. */
+    int ret = zero ? zero_blocks(lun, lba, n, unmap)
+                   : replicate_block(lun, block, lba, n);
+    ret = lun_change_end(lun, ret, zero ? LUN_CHANGE_ZERO : LUN_CHANGE_WRITE,
+                         ret == 0 ? bytes : 0, false);
     free(block);
     if (ret < 0)
         return scsi_fail_errno(cmd, ret, lba, true);
-    scsi_check_soft_threshold(lun);
     return SCSI_STATUS_GOOD;
 }
 
@@ -180,20 +170,23 @@ int sbc_unmap(struct scsi_lun *lun, struct scsi_cmd *cmd)
         }
     }
 
-    pthread_rwlock_rdlock(&lun->write_lock);
-    for (size_t i = 0; i < count; i++) {
+    lun_change_begin(lun, LUN_CHANGE_SHARED);
+    int ret = 0;
+    uint64_t lba = 0, done = 0;
+    for (size_t i = 0; i < count && ret == 0; i++) {
         const uint8_t *d = p + 8 + i * 16;
-        uint64_t lba = get_be64(d), n = get_be32(d + 8);
+        uint64_t n = get_be32(d + 8);
+        lba = get_be64(d);
         if (n == 0)
             continue;
-        int ret = unmap_blocks(lun, lba, n);
-        if (ret < 0) {
-            st = scsi_fail_errno(cmd, ret, lba, true);
-            break;
-        }
-        scsi_stat_add(lun, bytes_unmapped, n << lun->block_shift);
+        ret = unmap_blocks(lun, lba, n);
+        if (ret == 0)
+            done += n << lun->block_shift;
     }
-    pthread_rwlock_unlock(&lun->write_lock);
+    /* Unmapped blocks read as zeros from now on: as durable as a write. */
+    ret = lun_change_end(lun, ret, LUN_CHANGE_UNMAP, done, false);
+    if (ret < 0)
+        st = scsi_fail_errno(cmd, ret, lba, true);
 out:
     free(p);
     return st;

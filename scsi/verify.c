@@ -172,17 +172,15 @@ int sbc_write_and_verify(struct scsi_lun *lun, struct scsi_cmd *cmd)
     if (!data)
         return scsi_fail_cdb_field(cmd, len_byte, -1);
     /* Verify means "on the medium": write through. */
-    pthread_rwlock_rdlock(&lun->write_lock);
-    int ret = image_write(lun->img, data, len, lba << lun->block_shift,
-                          IMAGE_FUA);
-    pthread_rwlock_unlock(&lun->write_lock);
-    if (ret < 0) {
+    lun_change_begin(lun, LUN_CHANGE_SHARED);
+    int ret = image_write(lun->img, data, len, lba << lun->block_shift, 0);
+    ret = lun_change_end(lun, ret, LUN_CHANGE_WRITE, ret == 0 ? len : 0,
+                         true);
+    if (ret < 0)
         st = scsi_fail_errno(cmd, ret, lba, true);
-    } else {
-        scsi_stat_add(lun, bytes_written, len);
+    else
         st = bytchk ? compare_medium(lun, cmd, lba, n, data, 1)
                     : SCSI_STATUS_GOOD;
-    }
     free(data);
     return st;
 }
@@ -220,29 +218,28 @@ int sbc_compare_and_write(struct scsi_lun *lun, struct scsi_cmd *cmd)
     if (!data)
         return SCSI_STATUS_TASK_SET_FULL;      /* out of memory */
 
-    pthread_rwlock_wrlock(&lun->write_lock);
-    int err;
+    lun_change_begin(lun, LUN_CHANGE_ATOMIC);
+    int err = 0;
+    size_t written = 0;
     int st = SCSI_STATUS_GOOD;
     uint8_t *medium = read_blocks(lun, lba, n, &err);
-    if (!medium) {
-        st = scsi_fail_errno(cmd, err, lba, false);
-    } else {
+    bool read_ok = medium != NULL;
+    if (medium) {
         ssize_t d = first_difference(medium, data, len);
-        if (d >= 0) {
+        if (d >= 0)
             st = miscompare(cmd, (size_t)d);
-        } else {
+        else
             err = image_write(lun->img, data + len, len,
-                              lba << lun->block_shift,
-                              sbc_write_flags(lun, cdb[1]));
-            if (err < 0)
-                st = scsi_fail_errno(cmd, err, lba, true);
-            else
-                scsi_stat_add(lun, bytes_written, len);
-        }
+                              lba << lun->block_shift, 0);
+        if (d < 0 && err == 0)
+            written = len;
         free(medium);
     }
-    pthread_rwlock_unlock(&lun->write_lock);
+    err = lun_change_end(lun, err, LUN_CHANGE_WRITE, written,
+                         sbc_fua(cdb[1]));
     free(data);
+    if (err < 0)
+        return scsi_fail_errno(cmd, err, lba, read_ok);
     return st;
 }
 
@@ -272,26 +269,23 @@ int sbc_orwrite(struct scsi_lun *lun, struct scsi_cmd *cmd)
     if (!data)
         return scsi_fail_cdb_field(cmd, 10, -1);
 
-    pthread_rwlock_wrlock(&lun->write_lock);
-    int err;
-    int st = SCSI_STATUS_GOOD;
+    lun_change_begin(lun, LUN_CHANGE_ATOMIC);
+    int err = 0;
+    size_t written = 0;
     uint8_t *medium = read_blocks(lun, lba, n, &err);
-    if (!medium) {
-        st = scsi_fail_errno(cmd, err, lba, false);
-    } else {
+    bool read_ok = medium != NULL;
+    if (medium) {
         for (size_t i = 0; i < len; i++)
             medium[i] |= data[i];
-        err = image_write(lun->img, medium, len, lba << lun->block_shift,
-                          sbc_write_flags(lun, cdb[1]));
-        if (err < 0)
-            st = scsi_fail_errno(cmd, err, lba, true);
-        else
-            scsi_stat_add(lun, bytes_written, len);
+        err = image_write(lun->img, medium, len, lba << lun->block_shift, 0);
+        if (err == 0)
+            written = len;
         free(medium);
     }
-    pthread_rwlock_unlock(&lun->write_lock);
+    err = lun_change_end(lun, err, LUN_CHANGE_WRITE, written,
+                         sbc_fua(cdb[1]));
     free(data);
-    if (st == SCSI_STATUS_GOOD)
-        scsi_check_soft_threshold(lun);
-    return st;
+    if (err < 0)
+        return scsi_fail_errno(cmd, err, lba, read_ok);
+    return SCSI_STATUS_GOOD;
 }

@@ -17,6 +17,9 @@ struct memimage {
     uint8_t *kind;          /* per MEM_UNIT: enum image_extent_kind */
     int fail_errno;         /* 0, or the negative errno to return */
     int flushes, fua_writes, zeroes, zeroes_unmap, discards;
+    /* Changes (writes, zeroes, discards) not yet made durable: neither
+     * written with IMAGE_FUA nor followed by a flush.  0 = all durable. */
+    int unflushed;
     uint64_t data_bytes_written;
 };
 
@@ -47,6 +50,8 @@ static int mem_writev(struct image *img, const struct iovec *iov, int cnt,
     m->data_bytes_written += iov_size(iov, cnt);
     if (flags & IMAGE_FUA)
         m->fua_writes++;
+    else
+        m->unflushed++;
     return 0;
 }
 
@@ -54,6 +59,8 @@ static int mem_flush(struct image *img)
 {
     struct memimage *m = (struct memimage *)img;
     m->flushes++;
+    if (!m->fail_errno)
+        m->unflushed = 0;
     return m->fail_errno;
 }
 
@@ -64,6 +71,7 @@ static int mem_zero(struct image *img, uint64_t off, uint64_t len,
     if (m->fail_errno)
         return m->fail_errno;
     memset(m->data + off, 0, len);
+    m->unflushed++;
     if (flags & IMAGE_MAY_UNMAP) {
         m->zeroes_unmap++;
         mem_mark(m, off, len, IMAGE_EXTENT_UNALLOCATED);
@@ -80,6 +88,7 @@ static int mem_discard(struct image *img, uint64_t off, uint64_t len)
     if (m->fail_errno)
         return m->fail_errno;
     m->discards++;
+    m->unflushed++;
     memset(m->data + off, 0, len);
     mem_mark(m, off, len, IMAGE_EXTENT_UNALLOCATED);
     return 0;

@@ -359,10 +359,9 @@ static void test_orwrite(struct scsi_lun *lun, struct memimage *m)
     CHECK(range_is(m, 9101, 2, 0xaf));
     CHECK(range_is(m, 9103, 1, 0x0f));
     /* DPO and FUA are accepted (MODE SENSE says DPOFUA); FUA writes through. */
-    int fua = m->fua_writes;
     c[1] = 0x18;
     CHECK_EQ(run(lun, c, 16, buf, 2 * BS), SCSI_STATUS_GOOD);
-    CHECK_EQ(m->fua_writes, fua + 1);
+    CHECK_EQ(m->unflushed, 0);                  /* durable */
     /* ORPROTECT: no protection information here. */
     for (uint8_t p = 1; p < 8; p++) {
         c[1] = (uint8_t)(p << 5);
@@ -525,10 +524,9 @@ static void test_write_and_verify(struct scsi_lun *lun, struct memimage *m)
     memset(buf, 0x66, sizeof(buf));
     put_be64(c + 2, 9000);
     put_be32(c + 10, 2);
-    int fua = m->fua_writes;
     CHECK_EQ(run(lun, c, 16, buf, sizeof(buf)), SCSI_STATUS_GOOD);
     CHECK(range_is(m, 9000, 2, 0x66));
-    CHECK_EQ(m->fua_writes, fua + 1);
+    CHECK_EQ(m->unflushed, 0);                  /* durable */
     c[1] = 0x04;                               /* BYTCHK 2 */
     CHECK_SENSE(run(lun, c, 16, buf, sizeof(buf)), 5, 0x2400);
     uint8_t c10[10] = { 0x2e };
@@ -578,9 +576,8 @@ static void test_mode_select(struct scsi_lun *lun, struct memimage *m)
     CHECK_EQ(run(lun, sense6, 6, b, sizeof(b)), SCSI_STATUS_GOOD);
     CHECK_EQ(b[4 + 2] & 0x04, 0);
     /* Now every write is durable before GOOD. */
-    int fua = m->fua_writes;
     write10(lun, 10, 1, 1);
-    CHECK_EQ(m->fua_writes, fua + 1);
+    CHECK_EQ(m->unflushed, 0);                  /* durable */
 
     /* Changing a bit that is not changeable is refused. */
     list[4 + 2] |= 0x01;                       /* RCD */
@@ -682,6 +679,75 @@ static void test_soft_threshold(void)
     CHECK_EQ(run(lun, tur, 6, NULL, 0), SCSI_STATUS_GOOD);
     scsi_lun_free(lun);
     image_close(&m->img);
+}
+
+/* Every command that changes the medium follows the same rules (scsi/
+ * change.c): durable before GOOD when the write cache is off, and the
+ * soft threshold checked after it.  One fresh LUN per command, its image
+ * already past the threshold, write cache off: after the one command,
+ * nothing is left unflushed and the next command reports 38/07. */
+static void test_change_rules(void)
+{
+    enum { N_CMDS = 7 };
+    static const char *const names[N_CMDS] = {
+        "WRITE (16)", "WRITE SAME (16) data", "WRITE SAME (16) zeros",
+        "UNMAP", "WRITE AND VERIFY (16)", "COMPARE AND WRITE", "ORWRITE (16)",
+    };
+    for (int i = 0; i < N_CMDS; i++) {
+        struct memimage *m = memimage_new_thin(1 << 20, CLUSTER);
+        mem_mark(m, 0, 256 * 1024, IMAGE_EXTENT_DATA);   /* 256 KiB used */
+        struct scsi_lun *lun;
+        struct scsi_lun_config cfg = {
+            .img = &m->img, .block_size = BS, .num_blocks = m->img.size / BS,
+            .max_xfer_blocks = 1024, .serial = "rules", .write_cache = false,
+            .soft_threshold = 64 * 1024,
+        };
+        CHECK_EQ(scsi_lun_new(&cfg, &lun), 0);
+        uint8_t c[16] = { 0 }, buf[2 * BS], tur[6] = { 0 };
+        size_t len = BS;
+        memset(buf, 0x5a, sizeof(buf));
+        put_be64(c + 2, 100);
+        put_be32(c + 10, 1);
+        switch (i) {
+        case 0: c[0] = 0x8a; break;
+        case 1: c[0] = 0x93; break;
+        case 2: c[0] = 0x93; memset(buf, 0, BS); break;
+        case 3:
+            memset(c, 0, 16);
+            c[0] = 0x42;
+            put_be16(c + 7, 24);
+            memset(buf, 0, 24);
+            put_be16(buf, 22);
+            put_be16(buf + 2, 16);
+            put_be64(buf + 8, 100);
+            put_be32(buf + 16, 8);
+            len = 24;
+            break;
+        case 4: c[0] = 0x8e; break;
+        case 5:
+            memset(c + 10, 0, 4);
+            c[0] = 0x89;
+            c[13] = 1;
+            memset(buf, 0, BS);            /* the medium holds zeros */
+            len = 2 * BS;
+            break;
+        case 6: c[0] = 0x8b; break;
+        }
+        int st = run(lun, c, 16, buf, len);
+        if (st != SCSI_STATUS_GOOD)
+            fprintf(stderr, "%s: sense %x/%04x\n", names[i], sense_key(),
+                    sense_asc());
+        CHECK_EQ(st, SCSI_STATUS_GOOD);
+        if (m->unflushed != 0)
+            fprintf(stderr, "%s: not durable with WCE=0\n", names[i]);
+        CHECK_EQ(m->unflushed, 0);
+        st = run(lun, tur, 6, NULL, 0);
+        if (st != SCSI_STATUS_CHECK_CONDITION)
+            fprintf(stderr, "%s: soft threshold not checked\n", names[i]);
+        CHECK_SENSE(st, 6, 0x3807);
+        scsi_lun_free(lun);
+        image_close(&m->img);
+    }
 }
 
 static void test_stats(struct scsi_lun *lun)
@@ -830,6 +896,7 @@ int main(void)
     test_report_opcodes(lun);
     test_stats(lun);
     test_soft_threshold();
+    test_change_rules();
     test_read_only();
     test_read_only_not_thin();
     test_enospc();
