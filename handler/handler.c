@@ -16,9 +16,23 @@
 
 #include "handler/device.h"
 
-/* Worker threads per LUN: enough to keep a qcow2 image busy while some
- * commands wait on allocation or flush. */
-#define QLUN_WORKER_THREADS 8
+/* The command model.  tcmu-runner's cmdproc thread takes each command off
+ * the ring and queues it to a per-LUN pool of worker threads (nr_threads),
+ * which call qlun_handle_cmd; a command runs start to finish on one worker
+ * and its status completes it.  So the commands in flight on a LUN are at
+ * most the pool's size: the pool must be at least as deep as the queue the
+ * initiator keeps (LIO's cmdsn_depth, which targetcli-config sets to 128),
+ * or a command that waits (a range lock, a flush, an allocation) holds
+ * back the ones queued behind it.  QLUN_WORKER_THREADS in tcmu-runner's
+ * environment overrides the default (1..512).
+ *
+ * Why the runner's pool and not a queue of our own (nr_threads = 0, and
+ * completing from our threads): tcmu-runner exports no way to complete a
+ * passthrough command from another thread but its work queue's; doing it
+ * ourselves would mean taking its private device lock and command list,
+ * whose layout is not an interface, and its close, reopen and timeout
+ * code waits on the in-flight count that only its queue keeps. */
+#define QLUN_WORKER_THREADS_DEFAULT 64
 
 static bool qlun_check_config(const char *cfgstring, char **reason)
 {
@@ -138,10 +152,26 @@ static struct tcmur_handler qlun_handler = {
     .close = qlun_close,
     .reconfig = qlun_reconfig,
     .handle_cmd = qlun_handle_cmd,
-    .nr_threads = QLUN_WORKER_THREADS,
+    .nr_threads = QLUN_WORKER_THREADS_DEFAULT,
 };
+
+static int worker_threads(void)
+{
+    const char *s = getenv("QLUN_WORKER_THREADS");
+    if (!s || !*s)
+        return QLUN_WORKER_THREADS_DEFAULT;
+    char *end;
+    long n = strtol(s, &end, 10);
+    if (*end || n < 1 || n > 512) {
+        tcmu_err("qlun: QLUN_WORKER_THREADS=%s is not a number in 1..512; "
+                 "using %d\n", s, QLUN_WORKER_THREADS_DEFAULT);
+        return QLUN_WORKER_THREADS_DEFAULT;
+    }
+    return (int)n;
+}
 
 __attribute__((visibility("default"))) int handler_init(void)
 {
+    qlun_handler.nr_threads = worker_threads();
     return tcmur_register_handler(&qlun_handler);
 }

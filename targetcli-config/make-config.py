@@ -131,6 +131,9 @@ def main():
                     help="hw_block_size (default 512)")
     ap.add_argument("--max-data-area-mb", type=int, default=128,
                     help="TCMU data area per device in MiB (default 128; 0 = kernel default)")
+    ap.add_argument("--cmdsn-depth", type=int, default=128,
+                    help="commands an initiator may have in flight (the TPG's default_cmdsn_depth, "
+                         "which each ACL inherits; default 128, LIO's own default is 64)")
     ap.add_argument("--tpg-tag", type=int, default=1)
     ap.add_argument("--subtype", default=SUBTYPE,
                     help="tcmu-runner handler subtype (default qlun; e.g. qcow to compare "
@@ -154,6 +157,8 @@ def main():
                      "opts": [o for o in d.get("opts", "").split(";") if o],
                      "wwn": d.get("wwn"),
                      "readonly": d.get("readonly", "0") in ("1", "true", "yes")})
+    if not 1 <= a.cmdsn_depth <= 512:
+        die("--cmdsn-depth must be 1..512 (LIO's range), not %d" % a.cmdsn_depth)
     if not luns:
         die("no LUN: pass --image PATH (and/or --lun image=PATH,...)")
     names = [l["name"] for l in luns]
@@ -222,6 +227,7 @@ def main():
             "generate_node_acls": 0,
             "cache_dynamic_acls": 0,
             "demo_mode_write_protect": 1,
+            "default_cmdsn_depth": a.cmdsn_depth,
         },
         "parameters": {"AuthMethod": "None" if a.no_chap else "CHAP"},
         "luns": tpg_luns,
@@ -251,7 +257,8 @@ def main():
             out.append("%s/luns create /backstores/user:%s/%s lun=%d add_mapped_luns=false"
                        % (tp, so["config"].split("/")[0], so["name"], l["index"]))
         out.append("%s set attribute authentication=%d generate_node_acls=0 cache_dynamic_acls=0 "
-                   "demo_mode_write_protect=1" % (tp, tpg["attributes"]["authentication"]))
+                   "demo_mode_write_protect=1 default_cmdsn_depth=%d"
+                   % (tp, tpg["attributes"]["authentication"], a.cmdsn_depth))
         for acl in acls:
             out.append("%s/acls create %s add_mapped_luns=false" % (tp, acl["node_wwn"]))
             for m in acl["mapped_luns"]:

@@ -207,7 +207,8 @@ fi
 undo_push "iscsiadm -m node -o delete -T $IQN -p $PORTAL"
 step "node record" iscsiadm -m node -o new -T "$IQN" -p "$PORTAL"
 for kv in node.session.auth.authmethod=CHAP node.session.auth.username="$CHAP_USER" \
-          node.session.auth.password="$CHAP_PASS" node.startup=manual; do
+          node.session.auth.password="$CHAP_PASS" node.startup=manual \
+          node.session.queue_depth=128; do
     step "node setting ${kv%%=*}" iscsiadm -m node -T "$IQN" -p "$PORTAL" -o update -n "${kv%%=*}" -v "${kv#*=}"
 done
 undo_push "iscsiadm -m node -T $IQN -p $PORTAL --logout"
@@ -230,7 +231,7 @@ say "  vendor/model : $(sed 's/ *$//' /sys/block/$sd/device/vendor) / $(sed 's/ 
 say "  serial       : ${serial:-<none>}"
 say "  size         : $(rig_dev_bytes "$DEV") bytes  (logical block $(cat /sys/block/$sd/queue/logical_block_size), physical $(cat /sys/block/$sd/queue/physical_block_size))"
 say "  provisioning : $(cat $sdisk/provisioning_mode 2>/dev/null)  zeroing: $(cat $sdisk/zeroing_mode 2>/dev/null)  discard_max_bytes: $(cat /sys/block/$sd/queue/discard_max_bytes)"
-say "  write cache  : $(cat $sdisk/cache_type 2>/dev/null)   max_sectors_kb: $(cat /sys/block/$sd/queue/max_sectors_kb)"
+say "  write cache  : $(cat $sdisk/cache_type 2>/dev/null)   max_sectors_kb: $(cat /sys/block/$sd/queue/max_sectors_kb)   queue_depth: $(cat /sys/block/$sd/device/queue_depth)"
 ok=1
 head -c 4194304 /dev/urandom >"$WORK/demo.bin"
 if dd if="$WORK/demo.bin" of="$DEV" bs=1M seek=1 oflag=direct conv=fsync status=none &&

@@ -31,6 +31,7 @@ assert so[1]["config"] == "qlun//data/y.qcow2;format=qcow2" and so[1]["size"] ==
 t = c["targets"][0]; tpg = t["tpgs"][0]
 assert t["fabric"] == "iscsi" and t["wwn"] == "iqn.2024-01.io.qlun:target"
 assert tpg["attributes"]["generate_node_acls"] == 0 and tpg["attributes"]["authentication"] == 1
+assert tpg["attributes"]["default_cmdsn_depth"] == 128
 assert tpg["portals"] == [{"ip_address": "127.0.0.1", "port": 3261, "iser": False, "offload": False}]
 assert [l["storage_object"] for l in tpg["luns"]] == ["/backstores/user/qlun0", "/backstores/user/y"]
 names = [a["node_wwn"] for a in tpg["node_acls"]]

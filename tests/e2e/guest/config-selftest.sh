@@ -27,6 +27,13 @@ rig_check "1: scr0 activated, portal 127.0.0.1:3260, ACL with CHAP" bash -c "
     grep -E 'o- scr0 ' '$OUT/script-ls.txt' | grep -q activated &&
     grep -q '127.0.0.1:3260' '$OUT/script-ls.txt' && ! grep -q '0.0.0.0:3260' '$OUT/script-ls.txt' &&
     grep -E 'o- $RIG_INITIATOR_IQN ' '$OUT/script-ls.txt' | grep -q '1-way auth'"
+# The tuned queue depth reaches the kernel: the TPG default and the ACL.
+cmdsn_is_128() {
+    local tpg=/sys/kernel/config/target/iscsi/$1/tpgt_1
+    [ "$(cat "$tpg/attrib/default_cmdsn_depth")" = 128 ] &&
+        [ "$(cat "$tpg/acls/$RIG_INITIATOR_IQN/cmdsn_depth")" = 128 ]
+}
+rig_check "1: cmdsn_depth 128 on the TPG and the ACL" cmdsn_is_128 "$IQN1"
 if rig_check "1: CHAP login" rig_login "$IQN1"; then
     rig_check "1: LUN is 32 MiB" test "$(rig_dev_bytes "$RIG_DEV")" = $((32 << 20))
     rig_logout "$IQN1"
@@ -48,6 +55,7 @@ rig_check "2: restoreconfig two LUNs + libiscsi ACLs" rig_restoreconfig "$OUT/mu
 targetcli ls /iscsi | tee "$OUT/multi-ls.txt"
 rig_check "2: three ACLs incl. both libiscsi initiator names" bash -c "
     grep -q 'sahlberg:libiscsi:iscsi-test ' '$OUT/multi-ls.txt' && grep -q 'sahlberg:libiscsi:iscsi-test-2 ' '$OUT/multi-ls.txt'"
+rig_check "2: cmdsn_depth 128 on the TPG and the ACL" cmdsn_is_128 "$IQN2"
 if rig_check "2: login" rig_login "$IQN2"; then
     d0=$RIG_DEV; d1=$(rig_lun_dev "$IQN2" 1)
     rig_check "2: LUN 0 is 16 MiB" test "$(rig_dev_bytes "$d0")" = $((16 << 20))
