@@ -13,24 +13,10 @@ set -eu
 repo=$(cd "$(dirname "$0")/.." && pwd)
 out=$(mkdir -p "${1:-$repo/build-deb}" && cd "${1:-$repo/build-deb}" && pwd)
 
-if [ "$(id -u)" != 0 ]; then
-    echo "build-deb.sh: must run as root (apt-get)" >&2
-    exit 1
-fi
 PKGS="build-essential debhelper dpkg-dev lintian cmake pkgconf python3
       zlib1g-dev libzstd-dev"
-missing=
-for p in $PKGS; do
-    dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null |
-        grep -q '^install ok installed$' || missing="$missing $p"
-done
-if [ -n "$missing" ]; then
-    echo "build-deb.sh: installing:$missing"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -q
-    # shellcheck disable=SC2086
-    apt-get install -y -q --no-install-recommends $missing
-fi
+# shellcheck disable=SC2086
+"$(dirname "$0")/apt-install.sh" build-deb.sh $PKGS
 
 # tcmu-runner's headers (no -dev package): fetched once, outside the
 # package build, which must not touch apt.

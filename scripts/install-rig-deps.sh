@@ -19,26 +19,8 @@ PKGS="
   open-iscsi sg3-utils fio libiscsi-bin qemu-block-extra
 "
 
-if [ "$(id -u)" != 0 ]; then
-    echo "install-rig-deps.sh: must run as root" >&2
-    exit 1
-fi
-
-missing=
-for p in $PKGS; do
-    if ! dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed$'; then
-        missing="$missing $p"
-    fi
-done
-if [ -z "$missing" ]; then
-    echo "install-rig-deps.sh: all rig packages already installed"
-else
-    echo "install-rig-deps.sh: installing:$missing"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update
-    # shellcheck disable=SC2086
-    apt-get install -y --no-install-recommends $missing
-fi
+# shellcheck disable=SC2086
+"$(dirname "$0")/apt-install.sh" install-rig-deps.sh $PKGS
 
 # Debian's kernel image is only readable by root; that is fine for the rig
 # (it runs as root), but say so if there is no bootable kernel at all.

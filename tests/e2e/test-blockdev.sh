@@ -19,20 +19,11 @@
 # Env: QLUN_HANDLER_DIR, QLUN_BUILD_DIR (default <repo>/build), QLUN_RIG_*
 # (see rig.sh), QLUN_E2E_KEEP=1 keep the work dir.
 set -u
-export QLUN_RIG_TIMEOUT=${QLUN_RIG_TIMEOUT:-600}
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
-START=$(date +%s)
-
 . "$HERE/host-lib.sh"
-e2e_find_handler
-e2e_need_rig
-if ! ls /usr/lib/x86_64-linux-gnu/qemu/block-iscsi.so >/dev/null 2>&1; then
-    echo "SKIP: QEMU's iSCSI driver missing (apt-get install qemu-block-extra)"
-    exit 77
-fi
-
-e2e_workdir blockdev
+e2e_need_qemu_iscsi
+e2e_begin blockdev 600
 
 QLUN_RIG_WORKDIR=$WORK "$HERE/rig.sh" --disk 8G "$HERE/guest/blockdev.sh"
 GUEST_RC=$?

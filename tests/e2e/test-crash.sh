@@ -28,16 +28,10 @@
 # kill, default 6), QLUN_E2E_CRASH_AFTER (s of fio writing after the LUNs
 # serve again, default 4).
 set -u
-export QLUN_RIG_TIMEOUT=${QLUN_RIG_TIMEOUT:-1200}
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
-START=$(date +%s)
-
 . "$HERE/host-lib.sh"
-e2e_find_handler
-e2e_need_rig
-
-e2e_workdir crash
+e2e_begin crash 1200
 
 QLUN_RIG_WORKDIR=$WORK "$HERE/rig.sh" --disk 4G "$HERE/guest/crash.sh"
 GUEST_RC=$?

@@ -17,15 +17,10 @@
 #
 # Exit: 0 pass; 1 fail; 77 skipped (no rig).
 set -u
-export QLUN_RIG_TIMEOUT=${QLUN_RIG_TIMEOUT:-900}
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
-START=$(date +%s)
-
 . "$HERE/host-lib.sh"
-e2e_find_handler
-e2e_need_rig
-e2e_workdir package
+e2e_begin package 900
 
 if ! "$REPO/scripts/build-deb.sh" "$WORK/deb" >"$WORK/build-deb.txt" 2>&1; then
     cat "$WORK/build-deb.txt"

@@ -14,16 +14,10 @@
 #
 # Exit: 0 pass, 1 fail, 77 skip.  Env as test-raw-basic.sh.
 set -u
-export QLUN_RIG_TIMEOUT=${QLUN_RIG_TIMEOUT:-600}
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
-START=$(date +%s)
-
 . "$HERE/host-lib.sh"
-e2e_find_handler
-e2e_need_rig
-
-e2e_workdir overlay
+e2e_begin overlay 600
 
 # ---- inputs -------------------------------------------------------------------
 M=$((1 << 20))
@@ -77,10 +71,6 @@ QLUN_RIG_WORKDIR=$WORK "$HERE/rig.sh" --disk 4G "$HERE/guest/qcow2-overlay.sh"
 GUEST_RC=$?
 
 # ---- host checks on the files the VM left on its disk ---------------------------
-HOST_RESULTS=()
-HOST_FAIL=0
-hpass() { HOST_RESULTS+=("PASS  $1"); }
-hfail() { HOST_RESULTS+=("FAIL  $1${2:+  ($2)}"); HOST_FAIL=$((HOST_FAIL + 1)); }
 mkdir -p "$WORK/dump"
 if debugfs -R "dump /ov/overlay.qcow2 $WORK/dump/overlay.qcow2" "$WORK/data.img" >/dev/null 2>&1 &&
    debugfs -R "dump /ov/base.raw $WORK/dump/base.raw" "$WORK/data.img" >/dev/null 2>&1 &&
@@ -103,21 +93,4 @@ else
 fi
 rm -rf "$WORK/dump" "$WORK/data.img"
 
-echo
-echo "================ test-qcow2-overlay report ================"
-if [ -s "$WORK/report.txt" ]; then cat "$WORK/report.txt"; else echo "FAIL  guest wrote no report (rig status $GUEST_RC)"; fi
-printf '%s\n' "${HOST_RESULTS[@]}"
-echo "---------------- figures ----------------"
-cat "$WORK/figures.txt" 2>/dev/null
-GUEST_FAIL=$(grep -c '^FAIL' "$WORK/report.txt" 2>/dev/null)
-GUEST_PASS=$(grep -c '^PASS' "$WORK/report.txt" 2>/dev/null)
-echo "-----------------------------------------------------------"
-echo "guest: ${GUEST_PASS:-0} passed, ${GUEST_FAIL:-0} failed (rig status $GUEST_RC); host: $HOST_FAIL failed; $(( $(date +%s) - START )) s total"
-FAILED=0
-[ "$GUEST_RC" = 0 ] && [ "$HOST_FAIL" = 0 ] && [ -s "$WORK/report.txt" ] || FAILED=1
-if [ "$FAILED" != 0 ]; then
-    echo "FAIL (logs: $WORK/guest.log, $WORK/console.log, $WORK/logs/tcmu-runner.log, $WORK/out/)"
-    exit 1
-fi
-echo "PASS"
-exit 0
+e2e_finish qcow2-overlay "$GUEST_RC"

@@ -13,17 +13,10 @@
 # Env: QLUN_HANDLER_DIR, QLUN_BUILD_DIR (default <repo>/build), QLUN_RIG_*
 # (see rig.sh), QLUN_E2E_KEEP=1 keep the work dir, QLUN_E2E_PATTERN_MB (64).
 set -u
-# below CTest's 900 s so the rig reports a timeout itself
-export QLUN_RIG_TIMEOUT=${QLUN_RIG_TIMEOUT:-600}
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
-START=$(date +%s)
-
 . "$HERE/host-lib.sh"
-e2e_find_handler
-e2e_need_rig
-
-e2e_workdir raw
+e2e_begin raw 600
 
 # ---- inputs -------------------------------------------------------------------
 MB=${QLUN_E2E_PATTERN_MB:-64}
@@ -49,10 +42,6 @@ QLUN_RIG_WORKDIR=$WORK "$HERE/rig.sh" --disk 16G "$HERE/guest/raw-basic.sh"
 GUEST_RC=$?
 
 # ---- host checks on the backing image (VM is off, ext4 unmounted) --------------
-HOST_RESULTS=()
-HOST_FAIL=0
-hpass() { HOST_RESULTS+=("PASS  $1"); }
-hfail() { HOST_RESULTS+=("FAIL  $1${2:+  ($2)}"); HOST_FAIL=$((HOST_FAIL + 1)); }
 if debugfs -R "dump /raw-basic.img $WORK/image-from-disk.bin" "$WORK/data.img" >/dev/null 2>&1 &&
    [ -s "$WORK/image-from-disk.bin" ]; then
     if cmp "$WORK/image-from-disk.bin" "$WORK/expected.bin"; then
@@ -66,19 +55,4 @@ fi
 rm -f "$WORK/image-from-disk.bin"
 
 # ---- report ---------------------------------------------------------------------
-echo
-echo "================ test-raw-basic report ================"
-if [ -s "$WORK/report.txt" ]; then cat "$WORK/report.txt"; else echo "FAIL  guest wrote no report (rig status $GUEST_RC)"; fi
-printf '%s\n' "${HOST_RESULTS[@]}"
-GUEST_FAIL=$(grep -c '^FAIL' "$WORK/report.txt" 2>/dev/null)
-GUEST_PASS=$(grep -c '^PASS' "$WORK/report.txt" 2>/dev/null)
-echo "-------------------------------------------------------"
-echo "guest: ${GUEST_PASS:-0} passed, ${GUEST_FAIL:-0} failed (rig status $GUEST_RC); host: $HOST_FAIL failed; $(( $(date +%s) - START )) s total"
-FAILED=0
-[ "$GUEST_RC" = 0 ] && [ "$HOST_FAIL" = 0 ] && [ -s "$WORK/report.txt" ] || FAILED=1
-if [ "$FAILED" != 0 ]; then
-    echo "FAIL (logs: $WORK/guest.log, $WORK/console.log, $WORK/logs/tcmu-runner.log, $WORK/out/)"
-    exit 1
-fi
-echo "PASS"
-exit 0
+e2e_finish raw-basic "$GUEST_RC"

@@ -17,20 +17,11 @@
 # (see rig.sh), QLUN_E2E_KEEP=1 keep the work dir, QLUN_E2E_FULL_COMPARE=1
 # also compare the whole 8 GiB LUNs through /dev/sdX (adds ~13 min).
 set -u
-export QLUN_RIG_TIMEOUT=${QLUN_RIG_TIMEOUT:-840}
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
-START=$(date +%s)
-
 . "$HERE/host-lib.sh"
-e2e_find_handler
-e2e_need_rig
-if ! ls /usr/lib/x86_64-linux-gnu/qemu/block-iscsi.so >/dev/null 2>&1; then
-    echo "SKIP: QEMU's iSCSI driver missing (apt-get install qemu-block-extra)"
-    exit 77
-fi
-
-e2e_workdir thin
+e2e_need_qemu_iscsi
+e2e_begin thin 840
 
 QLUN_RIG_WORKDIR=$WORK "$HERE/rig.sh" --disk 24G "$HERE/guest/thin.sh"
 GUEST_RC=$?
