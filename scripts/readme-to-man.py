@@ -4,7 +4,7 @@
     scripts/readme-to-man.py README.md VERSION [MAKE_CONFIG_HELP] > qlun.8
 
 The manual is README's reference sections (the cfgstring, images on files
-and block devices, what the initiator sees, statistics), converted from the
+and block devices, what the initiator sees, statistics, tuning), converted from the
 small Markdown subset README uses: paragraphs, `code`, **bold**, links,
 bullet lists (two levels), indented code blocks and pipe tables.  A table
 becomes tagged paragraphs: its first column is the tag, every other cell a
@@ -20,6 +20,7 @@ SECTIONS = [  # README heading -> manual section
     ("Images on files and block devices", "IMAGES ON FILES AND BLOCK DEVICES"),
     ("What the initiator sees", "WHAT THE INITIATOR SEES"),
     ("Statistics", "STATISTICS"),
+    ("Tuning", "TUNING"),
 ]
 
 
