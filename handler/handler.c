@@ -24,7 +24,9 @@
  * initiator keeps (LIO's cmdsn_depth, which targetcli-config sets to 128),
  * or a command that waits (a range lock, a flush, an allocation) holds
  * back the ones queued behind it.  QLUN_WORKER_THREADS in tcmu-runner's
- * environment overrides the default (1..512).
+ * environment overrides the default (0..512); 0 runs every command on the
+ * cmdproc thread itself, one at a time (no hand-off between threads, no
+ * concurrency: for measurements).
  *
  * Why the runner's pool and not a queue of our own (nr_threads = 0, and
  * completing from our threads): tcmu-runner exports no way to complete a
@@ -162,8 +164,8 @@ static int worker_threads(void)
         return QLUN_WORKER_THREADS_DEFAULT;
     char *end;
     long n = strtol(s, &end, 10);
-    if (*end || n < 1 || n > 512) {
-        tcmu_err("qlun: QLUN_WORKER_THREADS=%s is not a number in 1..512; "
+    if (*end || n < 0 || n > 512) {
+        tcmu_err("qlun: QLUN_WORKER_THREADS=%s is not a number in 0..512; "
                  "using %d\n", s, QLUN_WORKER_THREADS_DEFAULT);
         return QLUN_WORKER_THREADS_DEFAULT;
     }
