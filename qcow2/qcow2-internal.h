@@ -21,7 +21,9 @@
  * I/O (tables, header) is done with it held; guest data I/O (preadv and
  * pwritev of data clusters, backing reads, decompression) never is.
  * A guest range lock (io.c) keeps requests on overlapping guest clusters
- * apart: reads share it, writes/zeroes/discards take it exclusively.  So
+ * apart: reads and writes that change no mapping (in place into owned,
+ * fully allocated clusters) share it; writes that allocate, zeroes and
+ * discards take it exclusively.  So
  * two allocating writes to one cluster are serialised, a read never sees an
  * allocation half done, and a host cluster is never freed (its L2 entry
  * changed) while a request on that guest cluster still uses it.
@@ -189,8 +191,7 @@ struct qcow2 {
 
     /* Runtime state, under lock. */
     pthread_mutex_t lock;
-    pthread_cond_t range_cond;
-    struct range_lock *ranges;
+    struct range_lock *ranges; /* held guest ranges (io.c) */
     struct cache *l2_cache;
     struct cache *rb_cache;
     uint64_t free_hint;       /* no free cluster below this index */
