@@ -127,7 +127,7 @@ static void check_parallel_in_place(const char *dir, const char *opts)
     }
     pthread_t t[THREADS];
     struct writer w[THREADS];
-    hook_arm(WSIZE, THREADS, 5000);
+    hook_arm(WSIZE, THREADS, 10000);
     for (int i = 0; i < THREADS; i++) {
         w[i] = (struct writer){ img, (uint64_t)i * WSIZE, WSIZE,
                                 (uint8_t)(0x40 + i), -1 };
