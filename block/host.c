@@ -31,6 +31,44 @@ struct host_syscalls host_sys = {
     .blk_range_ioctl = blk_range_ioctl,
 };
 
+/* After each modifying system call returned, whatever it returned (a
+ * failed write may still have changed part of the range): the next flush
+ * has something to make durable.  Counted after the call, so a flush that
+ * sees the new generation starts its fdatasync after the call completed. */
+static void modified(struct host *h)
+{
+    atomic_fetch_add(&h->write_gen, 1);
+}
+
+/* The modifying calls other than pwritev, counted (errno kept). */
+static int sys_fallocate(struct host *h, int mode, uint64_t off, uint64_t len)
+{
+    int r = host_sys.fallocate(h->fd, mode, (off_t)off, (off_t)len);
+    int e = errno;
+    modified(h);
+    errno = e;
+    return r;
+}
+
+static int sys_ftruncate(struct host *h, uint64_t size)
+{
+    int r = host_sys.ftruncate(h->fd, (off_t)size);
+    int e = errno;
+    modified(h);
+    errno = e;
+    return r;
+}
+
+static int sys_blk_range_ioctl(struct host *h, unsigned long req,
+                               uint64_t range[2])
+{
+    int r = host_sys.blk_range_ioctl(h->fd, req, range);
+    int e = errno;
+    modified(h);
+    errno = e;
+    return r;
+}
+
 /* Before any modification: a failed flush fails it (see flush_error). */
 static int check_writable(struct host *h)
 {
@@ -169,6 +207,8 @@ int host_open(struct host *h, const char *path, unsigned flags,
     h->read_only = read_only;
     h->direct = direct;
     pthread_rwlock_init(&h->rmw_lock, NULL);
+    pthread_mutex_init(&h->flush_lock, NULL);
+    pthread_cond_init(&h->flush_done, NULL);
     return 0;
 }
 
@@ -179,6 +219,8 @@ void host_close(struct host *h)
     close(h->fd);
     h->fd = -1;
     pthread_rwlock_destroy(&h->rmw_lock);
+    pthread_mutex_destroy(&h->flush_lock);
+    pthread_cond_destroy(&h->flush_done);
 }
 
 int64_t host_size(struct host *h)
@@ -233,6 +275,8 @@ static int rw_full(struct host *h, const struct iovec *iov, int iovcnt,
         int cnt = iov_cursor_cnt(&cur);
         ssize_t n = write ? host_sys.pwritev(h->fd, v, cnt, (off_t)off)
                           : host_sys.preadv(h->fd, v, cnt, (off_t)off);
+        if (write)
+            modified(h);
         if (n < 0) {
             if (errno == EINTR)
                 continue;
@@ -368,15 +412,9 @@ int host_pwritev(struct host *h, const struct iovec *iov, int iovcnt,
     return ret;
 }
 
-int host_flush(struct host *h)
+/* Latch the first fdatasync failure (see flush_error). */
+static int flush_failed(struct host *h, int err)
 {
-    if (h->read_only)
-        return 0;
-    if (atomic_load(&h->flush_error))
-        return -EIO;
-    if (host_sys.fdatasync(h->fd) == 0)
-        return 0;
-    int err = -errno;
     int expected = 0;
     atomic_compare_exchange_strong(&h->flush_error, &expected, err);
     fprintf(stderr, "qlun: fdatasync failed: %s; from now on every flush "
@@ -385,11 +423,46 @@ int host_flush(struct host *h)
     return err;
 }
 
+int host_flush(struct host *h)
+{
+    if (h->read_only)
+        return 0;
+    if (atomic_load(&h->flush_error))
+        return -EIO;
+    /* Everything that completed before this call must be covered. */
+    uint64_t want = atomic_load(&h->write_gen);
+    pthread_mutex_lock(&h->flush_lock);
+    while (h->flushing && h->flushed_gen < want)
+        pthread_cond_wait(&h->flush_done, &h->flush_lock);
+    int ret = atomic_load(&h->flush_error) ? -EIO : 0;
+    if (ret < 0 || h->flushed_gen >= want) {
+        pthread_mutex_unlock(&h->flush_lock);
+        return ret;
+    }
+    /* Read before the fdatasync starts: it covers at least this much.
+     * Modifications completing from here on may or may not be covered, so
+     * they count as not flushed. */
+    uint64_t gen = atomic_load(&h->write_gen);
+    h->flushing = true;
+    pthread_mutex_unlock(&h->flush_lock);
+
+    if (host_sys.fdatasync(h->fd) < 0)
+        ret = flush_failed(h, -errno);
+
+    pthread_mutex_lock(&h->flush_lock);
+    h->flushing = false;
+    if (ret == 0 && gen > h->flushed_gen)
+        h->flushed_gen = gen;
+    pthread_cond_broadcast(&h->flush_done);
+    pthread_mutex_unlock(&h->flush_lock);
+    return ret;
+}
+
 static int blkdev_range_ioctl(struct host *h, unsigned long req,
                               uint64_t off, uint64_t len)
 {
     uint64_t range[2] = { off, len };
-    if (host_sys.blk_range_ioctl(h->fd, req, range) < 0)
+    if (sys_blk_range_ioctl(h, req, range) < 0)
         return errno == EINVAL || errno == EOPNOTSUPP ? -ENOTSUP : -errno;
     return 0;
 }
@@ -408,8 +481,8 @@ int host_zero(struct host *h, uint64_t off, uint64_t len, bool may_unmap)
          * PUNCH_HOLE lets the device deallocate, ZERO_RANGE (BLKZEROOUT)
          * keeps the blocks mapped.  Both read back as zeros. */
         if (may_unmap &&
-            host_sys.fallocate(h->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-                               (off_t)off, (off_t)len) == 0)
+            sys_fallocate(h, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                          off, len) == 0)
             return 0;
         return blkdev_range_ioctl(h, BLKZEROOUT, off, len);
     }
@@ -428,7 +501,7 @@ int host_zero(struct host *h, uint64_t off, uint64_t len, bool may_unmap)
     /* A hole punched past end of file would not extend it; the callers
      * (format drivers) only zero inside what they own, so KEEP_SIZE is
      * right for holes, and ZERO_RANGE may extend the file as a write would. */
-    if (host_sys.fallocate(h->fd, mode, (off_t)off, (off_t)len) < 0) {
+    if (sys_fallocate(h, mode, off, len) < 0) {
         if (errno != EOPNOTSUPP)
             return -errno;
         if (mode == FALLOC_FL_ZERO_RANGE) {
@@ -454,8 +527,8 @@ int host_discard(struct host *h, uint64_t off, uint64_t len)
                               : -ENOTSUP;
     if (!h->can_punch_hole)
         return -ENOTSUP;
-    if (host_sys.fallocate(h->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-                           (off_t)off, (off_t)len) < 0)
+    if (sys_fallocate(h, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off,
+                      len) < 0)
         return errno == EOPNOTSUPP ? -ENOTSUP : -errno;
     return 0;
 }
@@ -467,7 +540,7 @@ int host_truncate(struct host *h, uint64_t size)
     int ret = check_writable(h);
     if (ret < 0)
         return ret;
-    if (host_sys.ftruncate(h->fd, (off_t)size) < 0)
+    if (sys_ftruncate(h, size) < 0)
         return -errno;
     return 0;
 }

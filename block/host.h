@@ -49,6 +49,18 @@ struct host {
      * file driver does; reads go on.  Whatever the errno, ENOSPC too: the
      * pages are gone just the same. */
     atomic_int flush_error;
+    /* Flush generations (as QEMU's write_gen/flushed_gen): write_gen
+     * counts modifications that completed (pwritev, fallocate, ftruncate,
+     * ioctl returned, successfully or not); flushed_gen is the write_gen
+     * the last successful fdatasync covered.  A flush with nothing new
+     * makes no system call, and a flush arriving while one runs waits for
+     * it and then flushes again only if something completed after that
+     * one began.  flushed_gen and flushing are under flush_lock. */
+    atomic_uint_fast64_t write_gen;
+    uint64_t flushed_gen;
+    bool flushing;
+    pthread_mutex_t flush_lock;
+    pthread_cond_t flush_done;
 };
 
 /* The system calls host.c makes on storage, through one table so that
@@ -93,8 +105,11 @@ int host_pwrite(struct host *h, const void *buf, size_t len, uint64_t off);
 int host_pwritev(struct host *h, const struct iovec *iov, int iovcnt,
                  uint64_t off);
 
-/* fdatasync: every completed write durable.  A failure is latched (see
- * flush_error): from then on every flush and modification fails. */
+/* fdatasync: every modification that completed before the call is
+ * durable when it returns 0.  Skipped when nothing completed since the
+ * last successful fdatasync; concurrent calls share one (see write_gen).
+ * A failure is latched (see flush_error): from then on every flush and
+ * modification fails. */
 int host_flush(struct host *h);
 
 /* Make [off, off+len) read as zeros without writing data.

@@ -131,7 +131,6 @@ static void free_qcow2(struct qcow2 *q)
     if (q->host.fd >= 0)
         host_close(&q->host);
     pthread_mutex_destroy(&q->lock);
-    pthread_cond_destroy(&q->range_cond);
     free(q);
 }
 
@@ -479,7 +478,6 @@ int qcow2_open(const struct image_open_opts *opts, struct image **out,
     }
     q->host.fd = -1;
     pthread_mutex_init(&q->lock, NULL);
-    pthread_cond_init(&q->range_cond, NULL);
     q->path = strdup(opts->path);
     if (!q->path) {
         free_qcow2(q);

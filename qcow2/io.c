@@ -1,8 +1,10 @@
 /* qlun — qcow2: guest I/O.
  *
  * Each request first takes a guest range lock over the clusters it
- * touches (shared for reads, exclusive for anything that may change a
- * mapping; block status takes none: its answer is a snapshot anyway).  Then it works cluster by cluster:
+ * touches (shared for reads and for writes in place into clusters we own
+ * and that are fully allocated, exclusive for anything that may change a
+ * mapping; block status takes none: its answer is a snapshot anyway).
+ * Then it works cluster by cluster:
  * look the mapping up under q->lock, drop the lock for the data I/O, and
  * retake it only to link a new cluster.
  *
@@ -46,11 +48,32 @@ static void assert_range(const struct qcow2 *q, uint64_t off, uint64_t len)
     (void)q, (void)off, (void)len;
 }
 
+/* A held (or wanted) guest range.  A request that conflicts with a held
+ * range waits on its own condition variable, queued on that holder; the
+ * holder wakes exactly its queue when it releases, and each woken request
+ * looks again (another conflicting range may still be held, and then it
+ * queues there).  So a release wakes only requests it blocked, not every
+ * waiter of the image.  Waiters live on their own stacks; a holder unlinks
+ * each before waking it, so no one touches a range_lock after it is gone. */
 struct range_lock {
     uint64_t start, end; /* guest clusters [start, end) */
     bool excl;
-    struct range_lock *next;
+    struct range_lock *next;     /* in q->ranges (held) */
+    struct range_lock *waiters;  /* requests blocked on this one */
+    struct range_lock *next_waiter;
+    bool blocked;                /* queued on a holder, not yet woken */
+    pthread_cond_t wake;
 };
+
+/* A held range that rl may not run alongside, or NULL.  Lock held. */
+static struct range_lock *range_conflict(struct qcow2 *q,
+                                         const struct range_lock *rl)
+{
+    for (struct range_lock *r = q->ranges; r; r = r->next)
+        if (r->start < rl->end && rl->start < r->end && (rl->excl || r->excl))
+            return r;
+    return NULL;
+}
 
 static void range_lock(struct qcow2 *q, struct range_lock *rl, uint64_t off,
                        uint64_t len, bool excl)
@@ -59,18 +82,17 @@ static void range_lock(struct qcow2 *q, struct range_lock *rl, uint64_t off,
     rl->start = off >> q->cluster_bits;
     rl->end = ((off + len - 1) >> q->cluster_bits) + 1;
     rl->excl = excl;
+    rl->waiters = NULL;
+    rl->blocked = false;
+    pthread_cond_init(&rl->wake, NULL);
     pthread_mutex_lock(&q->lock);
-    for (;;) {
-        bool conflict = false;
-        for (struct range_lock *r = q->ranges; r; r = r->next)
-            if (r->start < rl->end && rl->start < r->end &&
-                (excl || r->excl)) {
-                conflict = true;
-                break;
-            }
-        if (!conflict)
-            break;
-        pthread_cond_wait(&q->range_cond, &q->lock);
+    struct range_lock *holder;
+    while ((holder = range_conflict(q, rl))) {
+        rl->blocked = true;
+        rl->next_waiter = holder->waiters;
+        holder->waiters = rl;
+        while (rl->blocked)
+            pthread_cond_wait(&rl->wake, &q->lock);
     }
     rl->next = q->ranges;
     q->ranges = rl;
@@ -84,8 +106,14 @@ static void range_unlock(struct qcow2 *q, struct range_lock *rl)
     while (*p != rl)
         p = &(*p)->next;
     *p = rl->next;
-    pthread_cond_broadcast(&q->range_cond);
+    for (struct range_lock *w = rl->waiters, *next; w; w = next) {
+        next = w->next_waiter;
+        w->blocked = false;
+        pthread_cond_signal(&w->wake);
+    }
+    rl->waiters = NULL;
     pthread_mutex_unlock(&q->lock);
+    pthread_cond_destroy(&rl->wake);
 }
 
 /* A scratch iovec array big enough to slice any part of a request. */
@@ -368,176 +396,243 @@ static bool zero_cheaply(struct qcow2 *q, uint64_t a, uint64_t b)
            IS_ALIGNED(a | b, (uint64_t)q->host.logical_block_size);
 }
 
-/* Write request bytes [a, b) of guest cluster gc from iov (already sliced
- * to exactly those bytes).  Range lock held, q->lock not. */
-static int write_cluster(struct qcow2 *q, uint64_t gc, uint64_t a,
-                         uint64_t b, const struct iovec *iov, int iovcnt)
-{
-    const uint64_t cs = q->cluster_size;
-    const uint64_t scs = q->sc_size;
-    struct l2e e;
-    uint8_t *buf = NULL, *cbuf = NULL;
-    int ret;
+static bool owned_full(const struct qcow2 *q, const struct l2e *e);
 
-    assert(a < b && b <= cs);
+/* Write buf[from, a) (the head), the request iov and buf[b, to) (the tail)
+ * with one pwritev at host cluster offset h + from: one system call for
+ * the whole range instead of one each, and no copy of the request. */
+static int pwrite_around(struct qcow2 *q, uint64_t h, const uint8_t *buf,
+                         uint64_t from, uint64_t a, uint64_t b, uint64_t to,
+                         const struct iovec *iov, int iovcnt)
+{
+    struct iovec small[18], *v = small;
+    if (iovcnt + 2 > (int)ARRAY_SIZE(small)) {
+        v = malloc(sizeof(*v) * (size_t)(iovcnt + 2));
+        if (!v)
+            return -ENOMEM;
+    }
+    int n = 0;
+    if (a > from)
+        v[n++] = (struct iovec){ (void *)(buf + from), a - from };
+    memcpy(v + n, iov, sizeof(*iov) * (size_t)iovcnt);
+    n += iovcnt;
+    if (to > b)
+        v[n++] = (struct iovec){ (void *)(buf + b), to - b };
+    int ret = host_pwritev(&q->host, v, n, h + from);
+    if (v != small)
+        free(v);
+    return ret;
+}
+
+/* Write [a, b) in place into host cluster e->host (ours, uncompressed).
+ * Subclusters that held no data get their uncovered parts from what they
+ * read as before, in the same pwritev.  Then, if subclusters became
+ * allocated, say so in the L2 entry.  Neither lock held on entry. */
+static int write_in_place(struct qcow2 *q, uint64_t gc, const struct l2e *e,
+                          uint64_t a, uint64_t b, const struct iovec *iov,
+                          int iovcnt)
+{
+    const uint64_t scs = q->sc_size;
     unsigned A = (unsigned)(a / scs), B = (unsigned)DIV_ROUND_UP(b, scs);
     uint32_t touched = sc_mask(A, B);
+    uint64_t from = a, to = b;
+    uint8_t *buf = NULL;
+    int ret = 0;
 
-    pthread_mutex_lock(&q->lock);
-    ret = qcow2_prepare_write(q);
-    if (ret == 0)
-        ret = qcow2_get_l2e(q, gc, &e);
-    if (ret < 0)
-        goto unlock;
-
-    if (e.host && e.copied && !e.compressed) {
-        /* Ours: in place.  Subclusters that held no data get their
-         * uncovered parts from what they read as before. */
-        ret = qcow2_check_data_target(q, e.host, cs);
-        pthread_mutex_unlock(&q->lock);
-        if (ret < 0)
-            return ret;
-        bool head = !(e.alloc & (1u << A)) && a > A * scs;
-        bool tail = !(e.alloc & (1u << (B - 1))) && b < B * scs;
-        if (head || tail) {
-            buf = malloc(cs);
-            if (!buf)
-                return -ENOMEM;
-        }
-        if (head) {
-            ret = fill_old(q, gc, &e, NULL, buf, A * scs, a);
-            if (ret == 0)
-                ret = host_pwrite(&q->host, buf + A * scs, a - A * scs,
-                                  e.host + A * scs);
-        }
-        if (ret == 0 && tail) {
-            ret = fill_old(q, gc, &e, NULL, buf, b, B * scs);
-            if (ret == 0)
-                ret = host_pwrite(&q->host, buf + b, B * scs - b, e.host + b);
-        }
-        free(buf);
-        buf = NULL;
-        if (ret == 0)
-            ret = host_pwritev(&q->host, iov, iovcnt, e.host + a);
-        if (ret < 0 || (e.alloc & touched) == touched)
-            return ret;
-        /* Data on the host: now say so in the L2 entry. */
-        pthread_mutex_lock(&q->lock);
-        if (q->extended_l2)
-            ret = qcow2_set_l2e(q, gc, e.host | OFLAG_COPIED,
-                                (uint64_t)(e.zero & ~touched) << 32 |
-                                    (e.alloc | touched));
-        else
-            ret = qcow2_set_l2e(q, gc, e.host | OFLAG_COPIED, 0);
-        goto unlock;
+    if (!(e->alloc & (1u << A)))
+        from = A * scs;
+    if (!(e->alloc & (1u << (B - 1))))
+        to = B * scs;
+    if (from < a || to > b) {
+        buf = malloc(q->cluster_size);
+        if (!buf)
+            return -ENOMEM;
+        if (from < a)
+            ret = fill_old(q, gc, e, NULL, buf, from, a);
+        if (ret == 0 && to > b)
+            ret = fill_old(q, gc, e, NULL, buf, b, to);
     }
+    if (ret == 0)
+        ret = pwrite_around(q, e->host, buf, from, a, b, to, iov, iovcnt);
+    free(buf);
+    if (ret < 0 || (e->alloc & touched) == touched)
+        return ret;
+    /* Data on the host: now say so in the L2 entry. */
+    pthread_mutex_lock(&q->lock);
+    if (q->extended_l2)
+        ret = qcow2_set_l2e(q, gc, e->host | OFLAG_COPIED,
+                            (uint64_t)(e->zero & ~touched) << 32 |
+                                (e->alloc | touched));
+    else
+        ret = qcow2_set_l2e(q, gc, e->host | OFLAG_COPIED, 0);
+    pthread_mutex_unlock(&q->lock);
+    return ret;
+}
 
-    /* Copy on write into a new cluster. */
+/* Allocate one host cluster for guest data.  *fresh: it lies at or past
+ * q->host_end as it was before this call, i.e. past the file's end at open
+ * and past every cluster allocated since, so nothing was ever written
+ * there: it reads as zeros (a hole, or beyond end of file) without being
+ * zeroed.  A cluster freed and reused lies below host_end and keeps what
+ * its previous owner wrote: never fresh.  Nor is anything on a device
+ * (host_end is its capacity; its blocks hold whatever was there).  After
+ * a crash, a cluster past the file's end was never referenced from disk:
+ * its L2 entry is written only after a host_flush that made the file's
+ * new length durable along with the data.  Lock held. */
+static int64_t alloc_data_cluster(struct qcow2 *q, uint64_t *h, bool *fresh)
+{
+    uint64_t end = q->host_end;
+    int64_t got = qcow2_alloc_clusters(q, 1, h);
+    *fresh = got > 0 && !q->host.is_blockdev && *h >= end;
+    return got;
+}
+
+/* Fill the new cluster h with what [lo, hi) must hold: the request at
+ * [a, b), and around it, in the subclusters of new_alloc, what guest
+ * cluster gc reads as now (old entry e; cbuf: e decompressed).  Whatever
+ * already reads as zeros in the new cluster (fresh) or can be zeroed
+ * without data transfer is not written.  Neither lock held. */
+static int fill_new_cluster(struct qcow2 *q, uint64_t gc, const struct l2e *e,
+                            const uint8_t *cbuf, uint64_t h, bool fresh,
+                            uint32_t new_alloc, uint64_t a, uint64_t b,
+                            const struct iovec *iov, int iovcnt)
+{
+    const uint64_t scs = q->sc_size;
+    unsigned lo_sc = (unsigned)__builtin_ctz(new_alloc);
+    unsigned hi_sc = 32u - (unsigned)__builtin_clz(new_alloc);
+    uint64_t lo = lo_sc * scs, hi = hi_sc * scs;
+    assert(lo <= a && b <= hi);
+    if (lo == a && hi == b) /* the request covers all of it */
+        return host_pwritev(&q->host, iov, iovcnt, h + a);
+    bool old_zero = cow_reads_zero(q, gc, e, new_alloc, a, b);
+    if (old_zero && fresh)
+        return host_pwritev(&q->host, iov, iovcnt, h + a);
+    if (old_zero && zero_cheaply(q, a, b)) {
+        /* Head and tail read as zeros: let the host zero [lo, hi)
+         * (fallocate: no data transferred) and write only the request.
+         * Safety: host_zero returns once the range reads as zeros, before
+         * the pwritev and before the L2 entry is set; the L2 table reaches
+         * the disk only after a host_flush (qcow2_l2_pre_write), which
+         * makes the fallocate's extent changes durable along with the
+         * data.  So a crash never leaves the L2 entry pointing at a
+         * cluster whose head or tail still holds a previous owner's
+         * bytes. */
+        int ret = host_zero(&q->host, h + lo, hi - lo, false);
+        if (ret == 0)
+            return host_pwritev(&q->host, iov, iovcnt, h + a);
+        if (ret != -ENOTSUP)
+            return ret;
+    }
+    /* Everything the new cluster holds that the request does not cover:
+     * head, tail, and the other allocated subclusters; bytes between
+     * those subclusters are never read (their bits say unallocated). */
+    uint8_t *buf = calloc(1, hi); /* bytes [0, hi) of the cluster */
+    if (!buf)
+        return -ENOMEM;
+    int ret = 0;
+    for (unsigned sc = lo_sc; ret == 0 && sc < hi_sc; sc++) {
+        if (!(new_alloc & (1u << sc)))
+            continue;
+        uint64_t slo = sc * scs, shi = slo + scs;
+        if (slo < a)
+            ret = fill_old(q, gc, e, cbuf, buf, slo, MIN(shi, a));
+        if (ret == 0 && shi > b)
+            ret = fill_old(q, gc, e, cbuf, buf, MAX(slo, b), shi);
+    }
+    if (ret == 0)
+        ret = pwrite_around(q, h, buf, lo, a, b, hi, iov, iovcnt);
+    free(buf);
+    return ret;
+}
+
+/* Copy on write of guest cluster gc (old entry e) into a new cluster,
+ * with [a, b) from the request; link it and release the old one.  Entered
+ * with q->lock held; returns with it released. */
+static int write_new_cluster(struct qcow2 *q, uint64_t gc, const struct l2e *e,
+                             uint64_t a, uint64_t b, const struct iovec *iov,
+                             int iovcnt)
+{
+    const uint64_t cs = q->cluster_size;
+    uint8_t *cbuf = NULL;
     uint64_t h;
-    int64_t got = qcow2_alloc_clusters(q, 1, &h);
+    bool fresh;
+    int64_t got = alloc_data_cluster(q, &h, &fresh);
     pthread_mutex_unlock(&q->lock);
     if (got < 0)
         return (int)got;
 
-    uint32_t new_alloc = touched;
-    if (e.compressed) {
+    int ret = 0;
+    uint32_t new_alloc = sc_mask((unsigned)(a / q->sc_size),
+                                 (unsigned)DIV_ROUND_UP(b, q->sc_size));
+    if (e->compressed) {
         new_alloc = sc_mask(0, q->subclusters);
         /* A whole-cluster write keeps nothing of the old content: no
          * need to decompress it. */
         if (a != 0 || b != cs) {
             cbuf = malloc(cs);
-            ret = cbuf ? read_compressed(q, e.entry, gc << q->cluster_bits,
+            ret = cbuf ? read_compressed(q, e->entry, gc << q->cluster_bits,
                                          cbuf)
                        : -ENOMEM;
-            if (ret < 0)
-                goto fail_new;
         }
     } else if (q->extended_l2) {
-        new_alloc |= e.alloc; /* keep the subclusters that had data */
+        new_alloc |= e->alloc; /* keep the subclusters that had data */
     }
-    /* The new cluster must hold valid data in every subcluster of
-     * new_alloc, i.e. somewhere in [lo, hi); whatever lies between those
-     * subclusters or outside them is never read (their bitmap bits say
-     * unallocated), so it need not be written.  Without extended L2 this
-     * is the whole cluster. */
-    unsigned lo_sc = (unsigned)__builtin_ctz(new_alloc);
-    unsigned hi_sc = 32u - (unsigned)__builtin_clz(new_alloc);
-    uint64_t lo = lo_sc * scs, hi = hi_sc * scs;
-    assert(lo <= a && b <= hi);
-    if (lo == a && hi == b) {
-        /* The request covers all of it: no head or tail to copy. */
-        ret = host_pwritev(&q->host, iov, iovcnt, h + a);
-    } else if (cow_reads_zero(q, gc, &e, new_alloc, a, b) &&
-               zero_cheaply(q, a, b) &&
-               (ret = host_zero(&q->host, h + lo, hi - lo, false)) !=
-                   -ENOTSUP) {
-        /* Head and tail read as zeros: let the host zero [lo, hi)
-         * (fallocate: no data transferred, nothing to write back) and
-         * write only the request, instead of writing a cluster of
-         * mostly zeros.  Safety: host_zero returns once the range reads
-         * as zeros, before the pwritev and before the L2 entry is set
-         * below; the L2 table reaches the disk only after a host_flush
-         * (qcow2_l2_pre_write), and fdatasync makes the fallocate's
-         * extent changes durable along with the data.  So a crash can
-         * never leave the L2 entry pointing at a cluster whose head or
-         * tail still holds what a previous owner wrote there. */
-        if (ret == 0)
-            ret = host_pwritev(&q->host, iov, iovcnt, h + a);
-    } else {
-        buf = calloc(1, hi); /* bytes [0, hi) of the cluster */
-        if (!buf) {
-            ret = -ENOMEM;
-            goto fail_new;
-        }
-        ret = 0;
-        /* Everything the new cluster holds that the request does not
-         * cover: head, tail, and the other allocated subclusters. */
-        for (unsigned sc = lo_sc; ret == 0 && sc < hi_sc; sc++) {
-            if (!(new_alloc & (1u << sc)))
-                continue;
-            uint64_t slo = sc * scs, shi = slo + scs;
-            if (slo < a)
-                ret = fill_old(q, gc, &e, cbuf, buf, slo, MIN(shi, a));
-            if (ret == 0 && shi > b)
-                ret = fill_old(q, gc, &e, cbuf, buf, MAX(slo, b), shi);
-        }
-        if (ret == 0) {
-            iov_to_buf(iov, iovcnt, 0, buf + a, b - a);
-            ret = host_pwrite(&q->host, buf + lo, hi - lo, h + lo);
-        }
-    }
-    if (ret < 0)
-        goto fail_new;
+    if (ret == 0)
+        ret = fill_new_cluster(q, gc, e, cbuf, h, fresh, new_alloc, a, b, iov,
+                               iovcnt);
+    free(cbuf);
 
     pthread_mutex_lock(&q->lock);
-    uint64_t bitmap = 0;
-    if (q->extended_l2)
-        bitmap = (uint64_t)(e.zero & ~new_alloc) << 32 | new_alloc;
-    ret = qcow2_set_l2e(q, gc, h | OFLAG_COPIED, bitmap);
+    if (ret == 0) {
+        uint64_t bitmap = 0;
+        if (q->extended_l2)
+            bitmap = (uint64_t)(e->zero & ~new_alloc) << 32 | new_alloc;
+        ret = qcow2_set_l2e(q, gc, h | OFLAG_COPIED, bitmap);
+    }
     if (ret < 0) {
-        qcow2_free_now(q, h, 1);
-        goto unlock;
+        qcow2_free_now(q, h, 1); /* nothing on disk references it */
+    } else {
+        release_old(q, e);
+        ret = sync_if_many_pending(q);
     }
-    release_old(q, &e);
-    ret = sync_if_many_pending(q);
-unlock:
     pthread_mutex_unlock(&q->lock);
-    free(buf);
-    free(cbuf);
     return ret;
+}
 
-fail_new:
+/* Write request bytes [a, b) of guest cluster gc from iov (already sliced
+ * to exactly those bytes): in place into a cluster we own, else copy on
+ * write into a new one.  Range lock held, q->lock not.  shared: the range
+ * lock is held shared, so only a write that changes no metadata may
+ * proceed (into an owned, fully allocated cluster); anything else returns
+ * -EAGAIN before writing, and the caller retakes the range exclusively. */
+static int write_cluster(struct qcow2 *q, uint64_t gc, uint64_t a,
+                         uint64_t b, const struct iovec *iov, int iovcnt,
+                         bool shared)
+{
+    struct l2e e;
+    assert(a < b && b <= q->cluster_size);
     pthread_mutex_lock(&q->lock);
-    qcow2_free_now(q, h, 1);
+    int ret = qcow2_prepare_write(q);
+    if (ret == 0)
+        ret = qcow2_get_l2e(q, gc, &e);
+    if (ret == 0 && shared && !owned_full(q, &e))
+        ret = -EAGAIN;
+    if (ret < 0) {
+        pthread_mutex_unlock(&q->lock);
+        return ret;
+    }
+    if (!(e.host && e.copied && !e.compressed))
+        return write_new_cluster(q, gc, &e, a, b, iov, iovcnt);
+    ret = qcow2_check_data_target(q, e.host, q->cluster_size);
     pthread_mutex_unlock(&q->lock);
-    free(buf);
-    free(cbuf);
-    return ret;
+    return ret < 0 ? ret : write_in_place(q, gc, &e, a, b, iov, iovcnt);
 }
 
 /* Most whole clusters one write_run() call handles. */
 #define MAX_RUN 64
 
+/* Ours (refcount 1), uncompressed, data in every subcluster: a write
+ * into it changes no metadata. */
 static bool owned_full(const struct qcow2 *q, const struct l2e *e)
 {
     return e->host && e->copied && !e->compressed &&
@@ -563,7 +658,7 @@ static bool owned_full(const struct qcow2 *q, const struct l2e *e)
  * (unless lazy) and a host_flush (qcow2_l2_pre_write); the old clusters
  * are freed through qcow2_free_later, once the new entries are durable. */
 static int64_t write_run(struct qcow2 *q, uint64_t gc, uint64_t m,
-                         const struct iovec *iov, int iovcnt)
+                         const struct iovec *iov, int iovcnt, bool shared)
 {
     const uint64_t cs = q->cluster_size;
     struct l2e old[MAX_RUN];
@@ -585,6 +680,7 @@ static int64_t write_run(struct qcow2 *q, uint64_t gc, uint64_t m,
             if (!owned_full(q, &old[n]) ||
                 old[n].host != old[0].host + n * cs)
                 break;
+
         }
         if (n >= 2)
             ret = qcow2_check_data_target(q, old[0].host, n * cs);
@@ -604,6 +700,10 @@ static int64_t write_run(struct qcow2 *q, uint64_t gc, uint64_t m,
         if (pv != part)
             free(pv);
         return ret < 0 ? ret : (int64_t)(n * cs);
+    }
+    if (shared) { /* allocating: needs the range exclusively */
+        ret = -EAGAIN;
+        goto unlock;
     }
     /* Clusters we own stay where they are (write_cluster writes them in
      * place); the run is the clusters before the first of them. */
@@ -664,12 +764,52 @@ unlock:
 
 static int qcow2_flush(struct image *img);
 
+/* Write request bytes [pos, len) at guest offset off + pos; *pos
+ * advances over what was written.  Range lock held (shared: see
+ * write_cluster). */
+static int write_clusters(struct qcow2 *q, struct slicer *s, uint64_t off,
+                          size_t len, size_t *pos, bool shared)
+{
+    const uint64_t cs = q->cluster_size;
+    while (*pos < len) {
+        uint64_t goff = off + *pos;
+        uint64_t a = goff & (cs - 1);
+        if (a == 0 && len - *pos >= 2 * cs) {
+            /* Whole clusters: try them as one run. */
+            uint64_t m = (len - *pos) / cs;
+            int cnt = slice(s, *pos, m * cs);
+            int64_t done = write_run(q, goff >> q->cluster_bits, m, s->tmp,
+                                     cnt, shared);
+            if (done < 0)
+                return (int)done;
+            if (done > 0) {
+                *pos += (size_t)done;
+                continue;
+            }
+        }
+        uint64_t n = MIN(len - *pos, cs - a);
+        int cnt = slice(s, *pos, n);
+        int ret = write_cluster(q, goff >> q->cluster_bits, a, a + n, s->tmp,
+                                cnt, shared);
+        if (ret < 0)
+            return ret;
+        *pos += n;
+    }
+    return 0;
+}
+
+/* The range lock is taken shared first: a write into clusters we own and
+ * that are fully allocated changes no mapping, so like a read it can run
+ * alongside others on the same clusters (an L2 entry only changes under
+ * the exclusive lock, so it stays valid while we write).  At the first
+ * cluster that needs allocation, COW or an L2 update, the rest of the
+ * request retakes the lock exclusively, and write_cluster looks the
+ * entries up again. */
 static int qcow2_writev(struct image *img, const struct iovec *iov,
                         int iovcnt, uint64_t off, unsigned flags)
 {
     struct qcow2 *q = to_qcow2(img);
-    const uint64_t cs = q->cluster_size;
-    size_t len = iov_size(iov, iovcnt);
+    size_t len = iov_size(iov, iovcnt), pos = 0;
     struct range_lock rl;
     struct slicer s;
     int ret;
@@ -682,33 +822,14 @@ static int qcow2_writev(struct image *img, const struct iovec *iov,
     ret = slicer_init(&s, iov, iovcnt);
     if (ret < 0)
         return ret;
-    range_lock(q, &rl, off, len, true);
-    for (size_t pos = 0; pos < len;) {
-        uint64_t goff = off + pos;
-        uint64_t a = goff & (cs - 1);
-        if (a == 0 && len - pos >= 2 * cs) {
-            /* Whole clusters: try them as one run. */
-            uint64_t m = (len - pos) / cs;
-            int cnt = slice(&s, pos, m * cs);
-            int64_t done = write_run(q, goff >> q->cluster_bits, m, s.tmp,
-                                     cnt);
-            if (done < 0) {
-                ret = (int)done;
-                break;
-            }
-            if (done > 0) {
-                pos += (size_t)done;
-                continue;
-            }
-        }
-        uint64_t n = MIN(len - pos, cs - a);
-        int cnt = slice(&s, pos, n);
-        ret = write_cluster(q, goff >> q->cluster_bits, a, a + n, s.tmp, cnt);
-        if (ret < 0)
-            break;
-        pos += n;
-    }
+    range_lock(q, &rl, off, len, false);
+    ret = write_clusters(q, &s, off, len, &pos, true);
     range_unlock(q, &rl);
+    if (ret == -EAGAIN) {
+        range_lock(q, &rl, off + pos, len - pos, true);
+        ret = write_clusters(q, &s, off, len, &pos, false);
+        range_unlock(q, &rl);
+    }
     slicer_free(&s);
     if (ret == 0 && (flags & IMAGE_FUA))
         ret = qcow2_flush(img);
@@ -799,7 +920,7 @@ static int zero_cluster(struct qcow2 *q, uint64_t gc, uint64_t a, uint64_t b,
     if (no_fallback && mode != Z_DISCARD)
         return -ENOTSUP;
     struct iovec v = { q->zero_buf, b - a };
-    return write_cluster(q, gc, a, b, &v, 1);
+    return write_cluster(q, gc, a, b, &v, 1, false);
 
 unlock:
     pthread_mutex_unlock(&q->lock);
@@ -883,11 +1004,29 @@ static int qcow2_block_status(struct image *img, uint64_t off, uint64_t len,
     return ret;
 }
 
+/* Is there metadata that a flush must write (in order) before the data
+ * flush?  Lock held. */
+static bool metadata_to_sync(struct qcow2 *q)
+{
+    return cache_has_dirty(q->l2_cache) || cache_has_dirty(q->rb_cache) ||
+           q->npending;
+}
+
+/* Without metadata to write (in-place overwrites, or nothing since the
+ * last flush) a flush is host_flush alone, and that runs without q->lock:
+ * an fdatasync can take long, and other commands need the lock to map
+ * their clusters.  Safe because a write is acknowledged only after its L2
+ * entry is in the cache: any write that completed before this flush began
+ * either left metadata dirty (seen here, under the lock) or needs none. */
 static int qcow2_flush(struct image *img)
 {
     struct qcow2 *q = to_qcow2(img);
     pthread_mutex_lock(&q->lock);
-    int ret = qcow2_is_corrupt(q) ? host_flush(&q->host) : qcow2_meta_sync(q);
+    if (qcow2_is_corrupt(q) || !metadata_to_sync(q)) {
+        pthread_mutex_unlock(&q->lock);
+        return host_flush(&q->host);
+    }
+    int ret = qcow2_meta_sync(q);
     pthread_mutex_unlock(&q->lock);
     return ret;
 }

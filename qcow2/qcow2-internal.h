@@ -19,9 +19,12 @@
  * is not constant after open: the L1 table, the refcount table, both
  * caches, the allocator, the pending-free list, header state.  Metadata
  * I/O (tables, header) is done with it held; guest data I/O (preadv and
- * pwritev of data clusters, backing reads, decompression) never is.
+ * pwritev of data clusters, backing reads, decompression) never is, nor
+ * is a flush with no metadata to write (qcow2_flush: fdatasync alone).
  * A guest range lock (io.c) keeps requests on overlapping guest clusters
- * apart: reads share it, writes/zeroes/discards take it exclusively.  So
+ * apart: reads and writes that change no mapping (in place into owned,
+ * fully allocated clusters) share it; writes that allocate, zeroes and
+ * discards take it exclusively.  So
  * two allocating writes to one cluster are serialised, a read never sees an
  * allocation half done, and a host cluster is never freed (its L2 entry
  * changed) while a request on that guest cluster still uses it.
@@ -189,13 +192,15 @@ struct qcow2 {
 
     /* Runtime state, under lock. */
     pthread_mutex_t lock;
-    pthread_cond_t range_cond;
-    struct range_lock *ranges;
+    struct range_lock *ranges; /* held guest ranges (io.c) */
     struct cache *l2_cache;
     struct cache *rb_cache;
     uint64_t free_hint;       /* no free cluster below this index */
     uint64_t host_end;        /* bytes: files: max(size at open, highest
-                               * allocation); devices: capacity */
+                               * allocation); devices: capacity.  On files
+                               * nothing at or past it was ever written:
+                               * a cluster allocated there reads as zeros
+                               * (io.c alloc_data_cluster) */
     uint64_t dev_clusters;    /* devices: clusters that fit; files: 0 */
     struct pending_free *pending;
     size_t npending, pending_cap;

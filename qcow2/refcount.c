@@ -146,6 +146,9 @@ static int grow_reftable(struct qcow2 *q, uint64_t need)
         goto out;
     }
     memcpy(nt, q->reftable, old * sizeof(*nt));
+    /* Before anything is written there, even if the growth then fails:
+     * io.c takes clusters at or past host_end to read as zeros. */
+    q->host_end = MAX(q->host_end, end * cs);
     /* Block b sits at cluster start + b and describes range old + b. */
     for (uint64_t b = 0; b < nblocks; b++) {
         uint64_t first = start + b * N;
@@ -175,7 +178,6 @@ static int grow_reftable(struct qcow2 *q, uint64_t need)
     q->reftable_entries = entries;
     q->reftable_offset = table_off;
     q->reftable_clusters = (uint32_t)tc;
-    q->host_end = MAX(q->host_end, end * cs);
     /* The old table is unreferenced now; give its clusters back. */
     for (uint64_t i = 0; i < old_clusters; i++) {
         ret = qcow2_update_refcount(q, old_off / cs + i, -1);
@@ -219,6 +221,9 @@ static int ensure_block(struct qcow2 *q, uint64_t ri, uint64_t *off)
         return -ENOMEM;
     rb_set(q, buf, 0, 1); /* the block counts itself */
     uint64_t boff = ci * cs;
+    /* Raised before the write, which may fail half done: io.c takes
+     * clusters at or past host_end to read as zeros. */
+    q->host_end = MAX(q->host_end, boff + cs);
     ret = host_pwrite(&q->host, buf, cs, boff);
     free(buf);
     /* The block must be on disk before the table entry points to it. */
@@ -232,7 +237,6 @@ static int ensure_block(struct qcow2 *q, uint64_t ri, uint64_t *off)
     if (ret < 0)
         return ret;
     q->reftable[ri] = boff;
-    q->host_end = MAX(q->host_end, boff + cs);
     *off = boff;
     return 0;
 }
