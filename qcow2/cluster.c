@@ -208,7 +208,8 @@ int qcow2_set_l2e(struct qcow2 *q, uint64_t gc, uint64_t entry,
         put_be64(p + 8, bitmap);
     else
         assert(bitmap == 0);
-    cache_mark_dirty(q->l2_cache, t);
+    cache_mark_dirty(q->l2_cache, t, l2i * q->l2_entry_size,
+                     q->l2_entry_size);
     cache_put(q->l2_cache, t);
     return 0;
 }

@@ -34,10 +34,15 @@
  *   - refcount decreases are queued (pending frees) and applied only after
  *     the L2/L1 change that dropped the reference is durable (meta sync).
  *
- * Memory.  Fixed, whatever the image size: the L2 cache holds at most
- * max(8, min(512, 4 MiB / cluster_size)) tables, the refcount cache
- * max(4, min(512, 1 MiB / cluster_size)) blocks (4 MiB + 1 MiB with 64 KiB
- * clusters).  Proportional: the L1 table (8 bytes per L2 table: 16 KiB per
+ * Memory.  Bounded, set at open (cache_size.c): by default the L2 cache
+ * holds every L2 table of the virtual disk (one table maps cluster_size/8
+ * guest clusters: 128 MiB per TiB of virtual size with 64 KiB clusters),
+ * capped at 32 MiB (a 256 GiB disk), at least 8 tables; the refcount
+ * cache a quarter of that, at least 4 blocks.  The cfgstring may set
+ * either (l2_cache_size, refcount_cache_size).  A cache reserves its
+ * tables as address space and touches them as they fill.  Per table,
+ * cache.c keeps a bitmap of its dirty host I/O units.
+ * Proportional: the L1 table (8 bytes per L2 table: 16 KiB per
  * TiB of virtual size with 64 KiB clusters) and the refcount table (8 bytes
  * per refcount block: 4 KiB per TiB of host with 64 KiB clusters, 16-bit
  * refcounts).  A rebuild (dirty image) needs 4 bytes per host cluster while
@@ -269,7 +274,9 @@ void cache_free(struct cache *c);
  * zeros (read=false, for a freshly allocated table). */
 int cache_get(struct cache *c, uint64_t off, bool read, void **table);
 void cache_put(struct cache *c, void *table);
-void cache_mark_dirty(struct cache *c, void *table);
+/* Bytes [at, at+len) of a pinned table changed: write-back writes (at
+ * least) the host I/O units covering them, not the whole table. */
+void cache_mark_dirty(struct cache *c, void *table, size_t at, size_t len);
 /* Write back every dirty table (pre_write first unless skip_pre). */
 int cache_writeback(struct cache *c, bool skip_pre);
 bool cache_has_dirty(struct cache *c);
@@ -277,6 +284,13 @@ bool cache_has_dirty(struct cache *c);
 void cache_forget(struct cache *c, uint64_t off);
 /* Drop everything, dirty or not (crash simulation, rebuild). */
 void cache_invalidate(struct cache *c);
+/* Number of tables the cache holds at most. */
+size_t cache_slots(const struct cache *c);
+/* Slots for the L2 and refcount caches of q (header.c): requested bytes
+ * (0 = default) become table counts, see "Memory" above. */
+size_t qcow2_l2_cache_slots(const struct qcow2 *q, uint64_t bytes);
+size_t qcow2_rb_cache_slots(const struct qcow2 *q, size_t l2_slots,
+                            uint64_t bytes);
 
 /* ---- refcount.c ---- */
 
