@@ -256,10 +256,11 @@ static const struct config configs[] = {
         .snapshot = true,
         .post = "-c 'write -P 0x33 64k 32k'",
         .nops = 160,
-        /* 20 MiB / 32 KiB; the cache holds 512, so dirty tables are
-         * evicted (partial write-back after pre_write, from victim()). */
+        /* 20 MiB / 32 KiB; the cache holds 64, so dirty tables are
+         * evicted between flushes (partial write-back after pre_write,
+         * from victim()). */
         .stride_tables = 640,
-        .l2_cache_bytes = 512 * 512,
+        .l2_cache_bytes = 64 * 512,
         .reftable_growth = true,
         .end_close = true,
     },
