@@ -10,7 +10,9 @@
  *  - lookup: a hash over host offsets, chained through the slots;
  *  - eviction: occupied, unpinned slots sit on an LRU list (most recently
  *    released first).  A pinned slot is off that list, so the victim is
- *    simply its tail; empty slots sit on a free list and go first;
+ *    simply its tail; empty slots go first (a free list, and slots never
+ *    used yet are taken in order, so opening a large cache touches no
+ *    per-slot memory);
  *  - table -> slot: all tables live in one array, so a table pointer
  *    gives its slot by arithmetic;
  *  - write-back: dirty slots sit on a dirty list, and each slot records
@@ -47,7 +49,7 @@ struct slot {
     uint64_t off;      /* host offset of the table; 0 = empty slot */
     int pins;
     bool dirty;        /* some part dirty; on the dirty list */
-    int hnext;         /* hash chain, NONE ends */
+    int hnext;         /* hash chain: next slot + 1, 0 ends */
     struct link use;   /* LRU list if occupied and unpinned, else free
                         * list if empty, else on no list (pinned) */
     struct link dirt;  /* dirty list */
@@ -64,10 +66,11 @@ struct cache {
     size_t part_size;
     size_t nparts;        /* parts per table */
     size_t words_per_slot;
-    int *buckets;         /* nbuckets heads, NONE = empty */
+    int *buckets;         /* nbuckets heads: slot + 1, 0 = empty */
     size_t nbuckets;
     struct list lru;      /* head = most recently released */
     struct list free;
+    size_t unused;        /* slots from here on were never used */
     struct list dirty;
     size_t ndirty;
 };
@@ -172,7 +175,7 @@ struct cache *cache_new(struct qcow2 *q, size_t nslots,
     c->nbuckets = nslots * 2 + 1;
     c->slots = calloc(nslots, sizeof(*c->slots));
     c->dirty_parts = calloc(nslots * c->words_per_slot, sizeof(uint64_t));
-    c->buckets = malloc(c->nbuckets * sizeof(*c->buckets));
+    c->buckets = calloc(c->nbuckets, sizeof(*c->buckets));
     /* One allocation for all tables (pages are only touched as slots fill,
      * so an unused part of a large cache costs address space, not RSS),
      * aligned so that O_DIRECT writes of parts need no bounce buffer. */
@@ -185,13 +188,7 @@ struct cache *cache_new(struct qcow2 *q, size_t nslots,
         cache_free(c);
         return NULL;
     }
-    for (size_t i = 0; i < c->nbuckets; i++)
-        c->buckets[i] = NONE;
     c->lru = c->free = c->dirty = (struct list){ NONE, NONE };
-    for (size_t i = nslots; i-- > 0;) {
-        c->slots[i].dirt = (struct link){ NONE, NONE };
-        list_push_head(c, &c->free, use_link, (int)i);
-    }
     return c;
 }
 
@@ -215,8 +212,8 @@ size_t cache_slots(const struct cache *c)
 
 static int find(const struct cache *c, uint64_t off)
 {
-    for (int i = c->buckets[bucket_of(c, off)]; i != NONE;
-         i = c->slots[i].hnext)
+    for (int i = c->buckets[bucket_of(c, off)] - 1; i != NONE;
+         i = c->slots[i].hnext - 1)
         if (c->slots[i].off == off)
             return i;
     return NONE;
@@ -229,9 +226,9 @@ static void unhash(struct cache *c, int i)
     struct slot *s = &c->slots[i];
     assert(s->pins == 0 && s->off != 0);
     int *p = &c->buckets[bucket_of(c, s->off)];
-    while (*p != i) {
-        assert(*p != NONE);
-        p = &c->slots[*p].hnext;
+    while (*p != i + 1) {
+        assert(*p != 0);
+        p = &c->slots[*p - 1].hnext;
     }
     *p = s->hnext;
     s->off = 0;
@@ -273,6 +270,12 @@ static int victim(struct cache *c)
 {
     if (c->free.head != NONE)
         return c->free.head;
+    if (c->unused < c->nslots) {
+        int fresh = (int)c->unused++;
+        c->slots[fresh].dirt = (struct link){ NONE, NONE };
+        list_push_head(c, &c->free, use_link, fresh);
+        return fresh;
+    }
     int i = c->lru.tail;
     /* Callers pin at most a couple of tables at a time. */
     assert(i != NONE);
@@ -308,7 +311,7 @@ static int load(struct cache *c, int i, uint64_t off, bool read)
     s->pins = 0;
     size_t b = bucket_of(c, off);
     s->hnext = c->buckets[b];
-    c->buckets[b] = i;
+    c->buckets[b] = i + 1;
     list_push_head(c, &c->lru, use_link, i);
     return 0;
 }
