@@ -23,6 +23,20 @@
  *    dirty parts with one write, after the pre_write hook as before: which
  *    bytes go out changes, not when.
  *
+ * Loading without the lock (cache_get_unlocked): a miss reads the table
+ * into a private buffer with q->lock dropped, so commands whose tables are
+ * cached go on meanwhile.  Whether that copy is still the table's current
+ * content is decided on relocking by the cache's epoch, which moves on
+ * every event that could make an on-disk table differ from a copy read
+ * earlier: a table written back, a new table started (read=false, which
+ * also precedes every L1 change), a table forgotten (freed), everything
+ * dropped.  A table loaded and changed by someone else meanwhile is
+ * either still cached (then the cached copy wins) or was written back on
+ * eviction (epoch moved).  If the epoch moved, the copy is thrown away and
+ * the caller redoes its lookup from the L1 table, blocking this time.  Two
+ * commands missing on one table both read it; the second to relock finds
+ * the first one's copy and drops its own.
+ *
  * Tables from cache_get(read=false) are new: their callers write them out
  * whole themselves before anything points to them, so tracking only the
  * parts changed later is enough (the rest is on disk already).
@@ -73,6 +87,7 @@ struct cache {
     size_t unused;        /* slots from here on were never used */
     struct list dirty;
     size_t ndirty;
+    uint64_t epoch;       /* see "Loading without the lock" */
 };
 
 /* ---- intrusive lists ---- */
@@ -260,6 +275,7 @@ static int write_slot(struct cache *c, int i)
         p = end;
     }
     set_clean(c, i);
+    c->epoch++;
     return 0;
 }
 
@@ -316,9 +332,19 @@ static int load(struct cache *c, int i, uint64_t off, bool read)
     return 0;
 }
 
+static void pin(struct cache *c, int i, void **table)
+{
+    /* Pinned slots leave the LRU list, so eviction never has to skip. */
+    if (c->slots[i].pins++ == 0)
+        list_remove(c, &c->lru, use_link, i);
+    *table = c->tables + (size_t)i * c->table_size;
+}
+
 int cache_get(struct cache *c, uint64_t off, bool read, void **table)
 {
     assert(off != 0 && (off & (c->table_size - 1)) == 0);
+    if (!read)
+        c->epoch++;
     int i = find(c, off);
     if (i == NONE) {
         i = victim(c);
@@ -330,11 +356,49 @@ int cache_get(struct cache *c, uint64_t off, bool read, void **table)
     } else if (!read) {
         memset(c->tables + (size_t)i * c->table_size, 0, c->table_size);
     }
-    struct slot *s = &c->slots[i];
-    /* Pinned slots leave the LRU list, so eviction never has to skip. */
-    if (s->pins++ == 0)
-        list_remove(c, &c->lru, use_link, i);
-    *table = c->tables + (size_t)i * c->table_size;
+    pin(c, i, table);
+    return 0;
+}
+
+/* Put a copy of the table at off, read at the current epoch, in a slot. */
+static int install(struct cache *c, uint64_t off, const void *copy)
+{
+    int i = victim(c);
+    if (i < 0)
+        return i;
+    int ret = load(c, i, off, false);
+    if (ret == 0)
+        memcpy(c->tables + (size_t)i * c->table_size, copy, c->table_size);
+    return ret < 0 ? ret : i;
+}
+
+int cache_get_unlocked(struct cache *c, uint64_t off, void **table)
+{
+    assert(off != 0 && (off & (c->table_size - 1)) == 0);
+    int i = find(c, off);
+    if (i != NONE) {
+        pin(c, i, table);
+        return 0;
+    }
+    void *copy;
+    size_t align = MAX((size_t)4096, (size_t)c->q->host.mem_align);
+    if (posix_memalign(&copy, align, c->table_size) != 0)
+        return -ENOMEM;
+    uint64_t epoch = c->epoch;
+    pthread_mutex_unlock(&c->q->lock);
+    int ret = host_pread(&c->q->host, copy, c->table_size, off);
+    pthread_mutex_lock(&c->q->lock);
+    if (ret == 0) {
+        i = find(c, off);
+        if (i == NONE && c->epoch != epoch)
+            ret = -EAGAIN;
+        else if (i == NONE)
+            ret = i = install(c, off, copy);
+    }
+    free(copy);
+    if (ret < 0)
+        return ret;
+    pin(c, i, table);
     return 0;
 }
 
@@ -398,6 +462,8 @@ int cache_writeback(struct cache *c, bool skip_pre)
 
 void cache_forget(struct cache *c, uint64_t off)
 {
+    /* Even if not cached: a copy being read without the lock is stale. */
+    c->epoch++;
     int i = find(c, off);
     if (i != NONE)
         unhash(c, i);
@@ -405,6 +471,7 @@ void cache_forget(struct cache *c, uint64_t off)
 
 void cache_invalidate(struct cache *c)
 {
+    c->epoch++;
     while (c->lru.head != NONE)
         unhash(c, c->lru.head);
     /* Every table is released by now (callers hold none across this). */

@@ -273,6 +273,11 @@ void cache_free(struct cache *c);
 /* Get the table at host offset off, reading it (read=true) or starting from
  * zeros (read=false, for a freshly allocated table). */
 int cache_get(struct cache *c, uint64_t off, bool read, void **table);
+/* cache_get(read=true), but a miss reads the table with q->lock dropped
+ * (other commands go on meanwhile; held again on return).  -EAGAIN: the
+ * cached tables changed meanwhile, so the copy read may be stale and the
+ * caller must redo its lookup (from the L1 table) with cache_get. */
+int cache_get_unlocked(struct cache *c, uint64_t off, void **table);
 void cache_put(struct cache *c, void *table);
 /* Bytes [at, at+len) of a pinned table changed: write-back writes (at
  * least) the host I/O units covering them, not the whole table. */
@@ -333,7 +338,11 @@ int qcow2_decode_l2e(struct qcow2 *q, uint64_t entry, uint64_t bitmap,
                      uint64_t guest_off, struct l2e *e);
 /* Validate an L1 entry and return its L2 table offset (0: none). */
 int qcow2_check_l1e(struct qcow2 *q, uint32_t l1_index, uint64_t *l2_off);
-/* Look up the L2 entry for guest cluster gc, decoded.  Lock held. */
+/* Look up the L2 entry for guest cluster gc, decoded.  Lock held, but
+ * dropped while an L2 table is read from the host (so a miss does not stall
+ * commands whose tables are cached): the caller must hold the guest range
+ * lock on gc (which keeps its entry and host cluster as they are) and must
+ * not rely on other state staying unchanged across the call. */
 int qcow2_get_l2e(struct qcow2 *q, uint64_t gc, struct l2e *e);
 /* Store (entry, bitmap) as the L2 entry for guest cluster gc, allocating or
  * copying (COW) the L2 table first if needed.  Lock held. */

@@ -17,9 +17,22 @@
  *           are rounded down to tables, raised to the floor, and capped at
  *           what maps the disk.
  *
+ *  unlocked: while one command's L2 table read is held up in the host
+ *           (a preadv hook parks it), a read whose table is cached
+ *           completes: the miss does not hold the metadata lock.  (Loading
+ *           with the lock held times out.)
+ *  stale:   while a command reads table T0 without the lock, another writes
+ *           a new cluster in T0's range, flushes (T0 written back) and
+ *           evicts T0; the parked copy of T0, now stale, must not enter the
+ *           cache: the new cluster still reads its data.  (Installing the
+ *           copy without the epoch check loses the write.)
+ *
  * Crash ordering of partial write-back is covered by test_crash_sim (it
  * tears and reorders every write the engine issues).
  */
+#include <pthread.h>
+#include <time.h>
+
 #include "block/host.h"
 #include "qcow2/qcow2-internal.h"
 #include "qtest.h"
@@ -57,12 +70,65 @@ static struct watch *watch_at(uint64_t off)
     return NULL;
 }
 
+/* Parking: the first host read at park_off waits until released. */
+static pthread_mutex_t park_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t park_cond = PTHREAD_COND_INITIALIZER;
+static uint64_t park_off;      /* 0 = park nothing */
+static bool parked, released;
+
+static struct timespec deadline(int seconds)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_REALTIME, &t);
+    t.tv_sec += seconds;
+    return t;
+}
+
+/* Wait (park_mu held) until *flag, at most 10 s; false on timeout. */
+static bool wait_for(bool *flag)
+{
+    struct timespec t = deadline(10);
+    while (!*flag)
+        if (pthread_cond_timedwait(&park_cond, &park_mu, &t) != 0)
+            return *flag;
+    return true;
+}
+
+static void park_here(uint64_t off)
+{
+    pthread_mutex_lock(&park_mu);
+    if (park_off && off == park_off && !parked) {
+        parked = true;
+        pthread_cond_broadcast(&park_cond);
+        wait_for(&released);
+    }
+    pthread_mutex_unlock(&park_mu);
+}
+
+static void park_arm(uint64_t off)
+{
+    pthread_mutex_lock(&park_mu);
+    park_off = off;
+    parked = released = false;
+    pthread_mutex_unlock(&park_mu);
+}
+
+static void park_release(void)
+{
+    pthread_mutex_lock(&park_mu);
+    released = true;
+    park_off = 0;
+    pthread_cond_broadcast(&park_cond);
+    pthread_mutex_unlock(&park_mu);
+}
+
 static ssize_t count_preadv(int fd, const struct iovec *iov, int cnt,
                             off_t off)
 {
     struct watch *w = watch_at((uint64_t)off);
     if (w)
         w->reads++;
+    park_here((uint64_t)off);
     return real.preadv(fd, iov, cnt, off);
 }
 
@@ -207,6 +273,117 @@ static void partial(const char *dir)
             "-c 'read -P 7 %llu 4k' '%s'", 16 * CS - 4096, 8191ull * CS, img);
 }
 
+/* ---- unlocked, stale ---- */
+
+struct reader {
+    struct image *img;
+    uint64_t off;
+    int ret;
+    bool done;
+};
+
+static void *read_thread(void *arg)
+{
+    struct reader *r = arg;
+    uint8_t b[4096];
+    r->ret = image_read(r->img, b, sizeof(b), r->off);
+    pthread_mutex_lock(&park_mu);
+    r->done = true;
+    pthread_cond_broadcast(&park_cond);
+    pthread_mutex_unlock(&park_mu);
+    return NULL;
+}
+
+/* Start a read at guest off whose table read parks; false if it did not. */
+static bool start_parked_read(struct image *im, struct reader *r,
+                              pthread_t *t, uint64_t off, uint64_t table)
+{
+    *r = (struct reader){ .img = im, .off = off };
+    park_arm(table);
+    pthread_create(t, NULL, read_thread, r);
+    pthread_mutex_lock(&park_mu);
+    bool ok = wait_for(&parked);
+    pthread_mutex_unlock(&park_mu);
+    if (!ok)
+        QT_FAIL("the read at %" PRIu64 " never read its L2 table", off);
+    return ok;
+}
+
+static void make_tables(const char *img, int tables)
+{
+    char cmd[4096] = "";
+    size_t n = 0;
+    for (int t = 0; t < tables; t++)
+        n += (size_t)snprintf(cmd + n, sizeof(cmd) - n, " -c 'write -P %d "
+                              "%llu 4k'", t + 1, t * TABLE_SPAN);
+    qt_must("qemu-img create -q -f qcow2 -o cluster_size=64k '%s' 8G", img);
+    qt_must("qemu-io -f qcow2 %s '%s'", cmd, img);
+}
+
+static void unlocked(const char *dir)
+{
+    char img[4200];
+    snprintf(img, sizeof(img), "%s/unlocked.qcow2", dir);
+    make_tables(img, 2);
+    struct image *im;
+    if (open_with(img, true, 0, 0, &im) < 0)
+        return;
+    touch(im, TABLE_SPAN);                /* T1 cached */
+    struct reader a, b;
+    pthread_t ta, tb;
+    if (start_parked_read(im, &a, &ta, 0, l2_table_of(im, 0))) {
+        /* T0's read is parked; a read through cached T1 must finish. */
+        b = (struct reader){ .img = im, .off = TABLE_SPAN + 8192 };
+        pthread_create(&tb, NULL, read_thread, &b);
+        pthread_mutex_lock(&park_mu);
+        bool finished = wait_for(&b.done);
+        pthread_mutex_unlock(&park_mu);
+        if (!finished)
+            QT_FAIL("unlocked: a read through a cached table waited for "
+                    "another table's load (metadata lock held over it)");
+        park_release();
+        pthread_join(tb, NULL);
+        QT_CHECK(b.ret == 0);
+    }
+    park_release();
+    pthread_join(ta, NULL);
+    QT_CHECK(a.ret == 0);
+    QT_CHECK(image_close(im) == 0);
+}
+
+static void stale(const char *dir)
+{
+    enum { SLOTS = 8 };
+    char img[4200];
+    snprintf(img, sizeof(img), "%s/stale.qcow2", dir);
+    make_tables(img, SLOTS + 1);
+    struct image *im;
+    if (open_with(img, false, SLOTS * CS, 0, &im) < 0)
+        return;
+    struct reader a;
+    pthread_t ta;
+    if (start_parked_read(im, &a, &ta, 0, l2_table_of(im, 0))) {
+        /* Meanwhile: a new cluster in T0's range, T0 written back ... */
+        uint8_t buf[4096];
+        memset(buf, 0x5c, sizeof(buf));
+        QT_CHECK(image_write(im, buf, sizeof(buf), 5 * CS, 0) == 0);
+        QT_CHECK(image_flush(im) == 0);
+        /* ... and evicted by the other tables. */
+        for (int t = 1; t <= SLOTS; t++)
+            touch(im, t * TABLE_SPAN);
+    }
+    park_release();
+    pthread_join(ta, NULL);
+    QT_CHECK(a.ret == 0);
+    uint8_t got[4096];
+    QT_CHECK(image_read(im, got, sizeof(got), 5 * CS) == 0);
+    if (got[0] != 0x5c || got[4095] != 0x5c)
+        QT_FAIL("stale: a copy of T0 read before the write replaced the "
+                "written-back table (cluster 5 reads 0x%02x)", got[0]);
+    QT_CHECK(image_close(im) == 0);
+    QT_CHECK(qt_check(img) == 0);
+}
+
 /* ---- sizes ---- */
 
 struct size_case {
@@ -264,6 +441,8 @@ int main(void)
     lru(dir);
     partial(dir);
     sizes(dir);
+    unlocked(dir);
+    stale(dir);
     host_sys = real;
     qt_rmtree(dir);
     return qt_summary("test_qcow2_cache");
