@@ -70,7 +70,8 @@ static struct watch *watch_at(uint64_t off)
     return NULL;
 }
 
-/* Parking: the first host read at park_off waits until released. */
+/* Parking: the first host read at park_off, once done, waits until
+ * released. */
 static pthread_mutex_t park_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t park_cond = PTHREAD_COND_INITIALIZER;
 static uint64_t park_off;      /* 0 = park nothing */
@@ -128,8 +129,11 @@ static ssize_t count_preadv(int fd, const struct iovec *iov, int cnt,
     struct watch *w = watch_at((uint64_t)off);
     if (w)
         w->reads++;
+    /* Read first, then park: a parked copy is what the table was when
+     * the read started. */
+    ssize_t n = real.preadv(fd, iov, cnt, off);
     park_here((uint64_t)off);
-    return real.preadv(fd, iov, cnt, off);
+    return n;
 }
 
 static ssize_t count_pwritev(int fd, const struct iovec *iov, int cnt,
