@@ -101,6 +101,9 @@ SCENARIOS = [
     # L2 cache smaller than the disk's tables misses on every request.
     ("scattered 4k read, 64 GiB disk", "spread", False, 4096, 30000, 4,
      TABLE_SPAN + 4096 * 3, {"size": 64 * GiB}),
+    # The same without the page cache: a miss is a real 64 KiB table read.
+    ("scattered 4k read, 64 GiB disk, cache=none", "spread", False, 4096,
+     30000, 4, TABLE_SPAN + 4096 * 3, {"size": 64 * GiB, "cache": "none"}),
 ]
 
 
