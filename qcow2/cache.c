@@ -33,9 +33,11 @@
  * dropped.  A table loaded and changed by someone else meanwhile is
  * either still cached (then the cached copy wins) or was written back on
  * eviction (epoch moved).  If the epoch moved, the copy is thrown away and
- * the caller redoes its lookup from the L1 table, blocking this time.  Two
- * commands missing on one table both read it; the second to relock finds
- * the first one's copy and drops its own.
+ * the caller redoes its lookup from the L1 table, blocking this time (its
+ * L1 entry may be what changed).  A second command missing on a table
+ * being read this way waits for that copy instead of reading it again;
+ * callers that cannot have the lock dropped (cache_get) never wait: they
+ * read the table themselves, and their copy wins.
  *
  * Tables from cache_get(read=false) are new: their callers write them out
  * whole themselves before anything points to them, so tracking only the
@@ -88,6 +90,10 @@ struct cache {
     struct list dirty;
     size_t ndirty;
     uint64_t epoch;       /* see "Loading without the lock" */
+    /* Tables being read without the lock (0 = unused entry); when full,
+     * further loads go unannounced (a concurrent miss reads again). */
+    uint64_t loading[CACHE_MAX_LOADING];
+    pthread_cond_t loaded; /* broadcast when a load ends */
 };
 
 /* ---- intrusive lists ---- */
@@ -204,6 +210,7 @@ struct cache *cache_new(struct qcow2 *q, size_t nslots,
         return NULL;
     }
     c->lru = c->free = c->dirty = (struct list){ NONE, NONE };
+    pthread_cond_init(&c->loaded, NULL);
     return c;
 }
 
@@ -211,6 +218,7 @@ void cache_free(struct cache *c)
 {
     if (!c)
         return;
+    pthread_cond_destroy(&c->loaded);
     free(c->tables);
     free(c->slots);
     free(c->dirty_parts);
@@ -372,10 +380,41 @@ static int install(struct cache *c, uint64_t off, const void *copy)
     return ret < 0 ? ret : i;
 }
 
+static int loading_find(const struct cache *c, uint64_t off)
+{
+    for (size_t k = 0; k < ARRAY_SIZE(c->loading); k++)
+        if (c->loading[k] == off)
+            return (int)k;
+    return NONE;
+}
+
+/* Read the table at off into copy with the lock dropped, announced in
+ * c->loading so that others wait for it. */
+static int read_unlocked(struct cache *c, uint64_t off, void *copy)
+{
+    int k = loading_find(c, 0);
+    if (k != NONE)
+        c->loading[k] = off;
+    pthread_mutex_unlock(&c->q->lock);
+    int ret = host_pread(&c->q->host, copy, c->table_size, off);
+    pthread_mutex_lock(&c->q->lock);
+    if (k != NONE) {
+        c->loading[k] = 0;
+        pthread_cond_broadcast(&c->loaded);
+    }
+    return ret;
+}
+
 int cache_get_unlocked(struct cache *c, uint64_t off, void **table)
 {
     assert(off != 0 && (off & (c->table_size - 1)) == 0);
-    int i = find(c, off);
+    const uint64_t epoch = c->epoch;
+    int i;
+    /* Someone is reading this table: wait for their copy. */
+    while ((i = find(c, off)) == NONE && loading_find(c, off) != NONE)
+        pthread_cond_wait(&c->loaded, &c->q->lock);
+    if (c->epoch != epoch)
+        return -EAGAIN;
     if (i != NONE) {
         pin(c, i, table);
         return 0;
@@ -384,15 +423,12 @@ int cache_get_unlocked(struct cache *c, uint64_t off, void **table)
     size_t align = MAX((size_t)4096, (size_t)c->q->host.mem_align);
     if (posix_memalign(&copy, align, c->table_size) != 0)
         return -ENOMEM;
-    uint64_t epoch = c->epoch;
-    pthread_mutex_unlock(&c->q->lock);
-    int ret = host_pread(&c->q->host, copy, c->table_size, off);
-    pthread_mutex_lock(&c->q->lock);
+    int ret = read_unlocked(c, off, copy);
+    if (ret == 0 && c->epoch != epoch)
+        ret = -EAGAIN;
     if (ret == 0) {
         i = find(c, off);
-        if (i == NONE && c->epoch != epoch)
-            ret = -EAGAIN;
-        else if (i == NONE)
+        if (i == NONE)
             ret = i = install(c, off, copy);
     }
     free(copy);

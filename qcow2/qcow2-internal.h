@@ -278,6 +278,9 @@ int cache_get(struct cache *c, uint64_t off, bool read, void **table);
  * cached tables changed meanwhile, so the copy read may be stale and the
  * caller must redo its lookup (from the L1 table) with cache_get. */
 int cache_get_unlocked(struct cache *c, uint64_t off, void **table);
+/* Loads of cache_get_unlocked announced at once (so that a second miss on
+ * the table waits for the first); more go unannounced. */
+#define CACHE_MAX_LOADING 16
 void cache_put(struct cache *c, void *table);
 /* Bytes [at, at+len) of a pinned table changed: write-back writes (at
  * least) the host I/O units covering them, not the whole table. */

@@ -19,13 +19,16 @@
  *
  *  unlocked: while one command's L2 table read is held up in the host
  *           (a preadv hook parks it), a read whose table is cached
- *           completes: the miss does not hold the metadata lock.  (Loading
- *           with the lock held times out.)
- *  stale:   while a command reads table T0 without the lock, another writes
- *           a new cluster in T0's range, flushes (T0 written back) and
- *           evicts T0; the parked copy of T0, now stale, must not enter the
- *           cache: the new cluster still reads its data.  (Installing the
- *           copy without the epoch check loses the write.)
+ *           completes: the miss does not hold the metadata lock; and a
+ *           second read needing the same table waits for that copy rather
+ *           than reading the table again.  (Loading with the lock held
+ *           times out; not waiting reads T0 twice.)
+ *  stale:   while a command reads table T0 without the lock (unannounced:
+ *           16 other parked loads fill the announcements), another writes a
+ *           new cluster in T0's range, flushes (T0 written back) and evicts
+ *           T0; the parked copy of T0, now stale, must not enter the cache:
+ *           the new cluster still reads its data.  (Installing the copy
+ *           without the epoch check loses the write.)
  *
  * Crash ordering of partial write-back is covered by test_crash_sim (it
  * tears and reorders every write the engine issues).
@@ -70,12 +73,15 @@ static struct watch *watch_at(uint64_t off)
     return NULL;
 }
 
-/* Parking: the first host read at park_off, once done, waits until
- * released. */
+/* Parking: the first host read of each table in park_set, once done,
+ * waits until released. */
+#define MAX_PARK 32
 static pthread_mutex_t park_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t park_cond = PTHREAD_COND_INITIALIZER;
-static uint64_t park_off;      /* 0 = park nothing */
-static bool parked, released;
+static uint64_t park_set[MAX_PARK]; /* 0 = unused */
+static bool park_done[MAX_PARK];    /* that table's first read came */
+static unsigned nparked;
+static bool released;
 
 static struct timespec deadline(int seconds)
 {
@@ -98,19 +104,29 @@ static bool wait_for(bool *flag)
 static void park_here(uint64_t off)
 {
     pthread_mutex_lock(&park_mu);
-    if (park_off && off == park_off && !parked) {
-        parked = true;
+    for (int k = 0; k < MAX_PARK; k++) {
+        if (park_set[k] != off || park_done[k] || off == 0)
+            continue;
+        park_done[k] = true;
+        nparked++;
         pthread_cond_broadcast(&park_cond);
         wait_for(&released);
+        break;
     }
     pthread_mutex_unlock(&park_mu);
 }
 
-static void park_arm(uint64_t off)
+/* Park the first read of table off too. */
+static void park_add(uint64_t off)
 {
     pthread_mutex_lock(&park_mu);
-    park_off = off;
-    parked = released = false;
+    for (int k = 0; k < MAX_PARK; k++)
+        if (park_set[k] == 0) {
+            park_set[k] = off;
+            park_done[k] = false;
+            break;
+        }
+    released = false;
     pthread_mutex_unlock(&park_mu);
 }
 
@@ -118,7 +134,8 @@ static void park_release(void)
 {
     pthread_mutex_lock(&park_mu);
     released = true;
-    park_off = 0;
+    memset(park_set, 0, sizeof(park_set));
+    nparked = 0;
     pthread_cond_broadcast(&park_cond);
     pthread_mutex_unlock(&park_mu);
 }
@@ -298,29 +315,47 @@ static void *read_thread(void *arg)
     return NULL;
 }
 
-/* Start a read at guest off whose table read parks; false if it did not. */
+/* Start a read at guest off whose first read of table parks; false if
+ * it did not get there. */
 static bool start_parked_read(struct image *im, struct reader *r,
                               pthread_t *t, uint64_t off, uint64_t table)
 {
     *r = (struct reader){ .img = im, .off = off };
-    park_arm(table);
+    park_add(table);
+    pthread_mutex_lock(&park_mu);
+    unsigned before = nparked;
+    pthread_mutex_unlock(&park_mu);
     pthread_create(t, NULL, read_thread, r);
     pthread_mutex_lock(&park_mu);
-    bool ok = wait_for(&parked);
+    struct timespec dl = deadline(10);
+    while (nparked == before &&
+           pthread_cond_timedwait(&park_cond, &park_mu, &dl) == 0)
+        ;
+    bool ok = nparked > before;
     pthread_mutex_unlock(&park_mu);
     if (!ok)
         QT_FAIL("the read at %" PRIu64 " never read its L2 table", off);
     return ok;
 }
 
-static void make_tables(const char *img, int tables)
+/* Wait up to 10 s for r to finish; false if it did not. */
+static bool wait_done(struct reader *r)
 {
-    char cmd[4096] = "";
+    pthread_mutex_lock(&park_mu);
+    bool ok = wait_for(&r->done);
+    pthread_mutex_unlock(&park_mu);
+    return ok;
+}
+
+static void make_tables(const char *img, const char *size, int tables)
+{
+    char cmd[8192] = "";
     size_t n = 0;
     for (int t = 0; t < tables; t++)
         n += (size_t)snprintf(cmd + n, sizeof(cmd) - n, " -c 'write -P %d "
                               "%llu 4k'", t + 1, t * TABLE_SPAN);
-    qt_must("qemu-img create -q -f qcow2 -o cluster_size=64k '%s' 8G", img);
+    qt_must("qemu-img create -q -f qcow2 -o cluster_size=64k '%s' %s", img,
+            size);
     qt_must("qemu-io -f qcow2 %s '%s'", cmd, img);
 }
 
@@ -328,57 +363,83 @@ static void unlocked(const char *dir)
 {
     char img[4200];
     snprintf(img, sizeof(img), "%s/unlocked.qcow2", dir);
-    make_tables(img, 2);
+    make_tables(img, "8G", 2);
     struct image *im;
     if (open_with(img, true, 0, 0, &im) < 0)
         return;
     touch(im, TABLE_SPAN);                /* T1 cached */
-    struct reader a, b;
-    pthread_t ta, tb;
+    nwatch = 0;
+    watches[nwatch++] = (struct watch){ .off = l2_table_of(im, 0), .len = CS };
+    struct reader a, b, c;
+    pthread_t ta, tb, tc;
     if (start_parked_read(im, &a, &ta, 0, l2_table_of(im, 0))) {
-        /* T0's read is parked; a read through cached T1 must finish. */
+        /* T0's read is parked; a read through cached T1 must finish ... */
         b = (struct reader){ .img = im, .off = TABLE_SPAN + 8192 };
         pthread_create(&tb, NULL, read_thread, &b);
-        pthread_mutex_lock(&park_mu);
-        bool finished = wait_for(&b.done);
-        pthread_mutex_unlock(&park_mu);
-        if (!finished)
+        if (!wait_done(&b))
             QT_FAIL("unlocked: a read through a cached table waited for "
                     "another table's load (metadata lock held over it)");
+        /* ... and one that needs T0 too waits for that copy. */
+        c = (struct reader){ .img = im, .off = 8 * CS };
+        pthread_create(&tc, NULL, read_thread, &c);
+        usleep(200 * 1000);
         park_release();
         pthread_join(tb, NULL);
-        QT_CHECK(b.ret == 0);
+        pthread_join(tc, NULL);
+        QT_CHECK(b.ret == 0 && c.ret == 0);
+        if (watches[0].reads != 1)
+            QT_FAIL("unlocked: T0 read %u times by two concurrent misses "
+                    "(the second must wait for the first's copy)",
+                    watches[0].reads);
     }
     park_release();
     pthread_join(ta, NULL);
     QT_CHECK(a.ret == 0);
+    nwatch = 0;
     QT_CHECK(image_close(im) == 0);
 }
 
+/* Tables being read without the lock are announced in a small array
+ * (cache.c); a miss beyond it is read unannounced, so a concurrent writer
+ * reads and changes the table itself.  That is the case the epoch check
+ * guards; fill the array with parked readers to get there. */
+#define ANNOUNCED CACHE_MAX_LOADING
+
 static void stale(const char *dir)
 {
-    enum { SLOTS = 8 };
+    enum { SLOTS = 8, PARKED = ANNOUNCED + 1, TABLES = PARKED + SLOTS };
     char img[4200];
     snprintf(img, sizeof(img), "%s/stale.qcow2", dir);
-    make_tables(img, SLOTS + 1);
+    make_tables(img, "16G", TABLES);
     struct image *im;
     if (open_with(img, false, SLOTS * CS, 0, &im) < 0)
         return;
-    struct reader a;
-    pthread_t ta;
-    if (start_parked_read(im, &a, &ta, 0, l2_table_of(im, 0))) {
+    struct reader r[PARKED];
+    pthread_t t[PARKED];
+    int started = 0;
+    /* T1..T16 take the announcements, T0's read (the last) goes without. */
+    for (int k = 0; k < PARKED; k++) {
+        int table = (k + 1) % PARKED;
+        if (!start_parked_read(im, &r[k], &t[k], table * TABLE_SPAN,
+                               l2_table_of(im, table * TABLE_SPAN)))
+            break;
+        started++;
+    }
+    if (started == PARKED) {
         /* Meanwhile: a new cluster in T0's range, T0 written back ... */
         uint8_t buf[4096];
         memset(buf, 0x5c, sizeof(buf));
         QT_CHECK(image_write(im, buf, sizeof(buf), 5 * CS, 0) == 0);
         QT_CHECK(image_flush(im) == 0);
-        /* ... and evicted by the other tables. */
-        for (int t = 1; t <= SLOTS; t++)
-            touch(im, t * TABLE_SPAN);
+        /* ... and evicted by tables nobody is loading. */
+        for (int k = PARKED; k < TABLES; k++)
+            touch(im, k * TABLE_SPAN);
     }
     park_release();
-    pthread_join(ta, NULL);
-    QT_CHECK(a.ret == 0);
+    for (int k = 0; k < started; k++) {
+        pthread_join(t[k], NULL);
+        QT_CHECK(r[k].ret == 0);
+    }
     uint8_t got[4096];
     QT_CHECK(image_read(im, got, sizeof(got), 5 * CS) == 0);
     if (got[0] != 0x5c || got[4095] != 0x5c)
