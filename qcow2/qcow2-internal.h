@@ -18,8 +18,11 @@
  * Locking.  q->lock (the "metadata lock") protects every field below that
  * is not constant after open: the L1 table, the refcount table, both
  * caches, the allocator, the pending-free list, header state.  Metadata
- * I/O (tables, header) is done with it held; guest data I/O (preadv and
- * pwritev of data clusters, backing reads, decompression) never is.
+ * I/O (tables, header) is done with it held, except the read of an L2
+ * table that qcow2_get_l2e misses (cache.c, "Loading without the lock"),
+ * so that a miss does not stall commands whose tables are cached; guest
+ * data I/O (preadv and pwritev of data clusters, backing reads,
+ * decompression) never is.
  * A guest range lock (io.c) keeps requests on overlapping guest clusters
  * apart: reads share it, writes/zeroes/discards take it exclusively.  So
  * two allocating writes to one cluster are serialised, a read never sees an
