@@ -120,6 +120,11 @@ struct image_open_opts {
     /* Backing files must resolve inside this directory tree; NULL means
      * the top image's own directory.  "/" allows anything. */
     const char *backing_root;
+    /* qcow2 metadata caches in bytes (rounded down to whole tables);
+     * 0 = the default, sized from the virtual size (qcow2/cache_size.c).
+     * Backing images always use the default. */
+    uint64_t l2_cache_bytes;
+    uint64_t refcount_cache_bytes;
 };
 
 /* Open an image.  On failure returns a negative errno and writes one

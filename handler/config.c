@@ -81,8 +81,9 @@ static int opt_backing_root(struct qlun_config *cfg, const char *v)
     return parse_abs_path(cfg->backing_root, sizeof(cfg->backing_root), v);
 }
 
-/* A size with an optional K/M/G/T suffix (powers of 1024), or N%. */
-static int opt_soft_threshold(struct qlun_config *cfg, const char *v)
+/* A size: digits with an optional K/M/G/T suffix (powers of 1024).  end
+ * receives what follows the digits when it is not a suffix (for "N%"). */
+static int parse_size(const char *v, uint64_t *out, const char **rest)
 {
     char *end;
     if (!isdigit((unsigned char)v[0]))
@@ -91,12 +92,7 @@ static int opt_soft_threshold(struct qlun_config *cfg, const char *v)
     unsigned long long n = strtoull(v, &end, 10);
     if (errno || n == 0)
         return -EINVAL;
-    if (strcmp(end, "%") == 0) {
-        if (n > 100)
-            return -EINVAL;
-        cfg->soft_threshold_percent = (unsigned)n;
-        return 0;
-    }
+    *rest = end;
     static const char suffixes[] = "KMGT";
     unsigned shift = 0;
     if (*end) {
@@ -107,8 +103,52 @@ static int opt_soft_threshold(struct qlun_config *cfg, const char *v)
     }
     if (n > (UINT64_MAX >> shift))
         return -EINVAL;
-    cfg->soft_threshold_bytes = (uint64_t)n << shift;
+    *out = (uint64_t)n << shift;
     return 0;
+}
+
+/* A size, or N%. */
+static int opt_soft_threshold(struct qlun_config *cfg, const char *v)
+{
+    uint64_t bytes;
+    const char *rest = "";
+    int ret = parse_size(v, &bytes, &rest);
+    if (ret == 0) {
+        cfg->soft_threshold_bytes = bytes;
+        return 0;
+    }
+    if (strcmp(rest, "%") != 0)
+        return ret;
+    unsigned long n = strtoul(v, NULL, 10);
+    if (n > 100)
+        return -EINVAL;
+    cfg->soft_threshold_percent = (unsigned)n;
+    return 0;
+}
+
+/* A qcow2 metadata cache size: more than QLUN_CACHE_SIZE_MAX would take
+ * that much memory per LUN for a disk qcow2 cannot even have (1 GiB of
+ * 64 KiB-cluster L2 tables maps 8 PiB), so it is a typo. */
+static int parse_cache_size(const char *v, uint64_t *out)
+{
+    const char *rest;
+    uint64_t n;
+    if (parse_size(v, &n, &rest) < 0 || n > QLUN_CACHE_SIZE_MAX)
+        return -EINVAL;
+    *out = n;
+    return 0;
+}
+
+#define CACHE_SIZE_EXPECTED "a size from 1 to 1G bytes, suffixes K, M, G"
+
+static int opt_l2_cache_size(struct qlun_config *cfg, const char *v)
+{
+    return parse_cache_size(v, &cfg->l2_cache_size);
+}
+
+static int opt_refcount_cache_size(struct qlun_config *cfg, const char *v)
+{
+    return parse_cache_size(v, &cfg->refcount_cache_size);
 }
 
 static int opt_stats(struct qlun_config *cfg, const char *v)
@@ -129,15 +169,18 @@ static int opt_runner_owned(struct qlun_config *cfg, const char *v)
 static const struct {
     const char *name;
     int (*apply)(struct qlun_config *cfg, const char *value);
+    const char *expected;   /* said when a value is refused; optional */
 } options[] = {
-    { "format", opt_format },
-    { "readonly", opt_readonly },
-    { "cache", opt_cache },
-    { "serial", opt_serial },
-    { "backing_root", opt_backing_root },
-    { "soft_threshold", opt_soft_threshold },
-    { "stats", opt_stats },
-    { "tcmur_cmd_time_out", opt_runner_owned },
+    { "format", opt_format, NULL },
+    { "readonly", opt_readonly, NULL },
+    { "cache", opt_cache, NULL },
+    { "serial", opt_serial, NULL },
+    { "backing_root", opt_backing_root, NULL },
+    { "soft_threshold", opt_soft_threshold, NULL },
+    { "stats", opt_stats, NULL },
+    { "l2_cache_size", opt_l2_cache_size, CACHE_SIZE_EXPECTED },
+    { "refcount_cache_size", opt_refcount_cache_size, CACHE_SIZE_EXPECTED },
+    { "tcmur_cmd_time_out", opt_runner_owned, NULL },
 };
 
 static int apply_option(struct qlun_config *cfg, char *opt, unsigned *seen,
@@ -159,13 +202,17 @@ static int apply_option(struct qlun_config *cfg, char *opt, unsigned *seen,
         }
         *seen |= 1u << i;
         if (options[i].apply(cfg, val) < 0) {
-            snprintf(err, errlen, "bad value '%s' for option '%s'", val, opt);
+            snprintf(err, errlen, "bad value '%s' for option '%s'%s%s%s", val,
+                     opt, options[i].expected ? " (expected " : "",
+                     options[i].expected ? options[i].expected : "",
+                     options[i].expected ? ")" : "");
             return -EINVAL;
         }
         return 0;
     }
     snprintf(err, errlen, "unknown option '%s' (known: format, readonly, "
-             "cache, serial, backing_root, soft_threshold, stats)", opt);
+             "cache, serial, backing_root, soft_threshold, stats, "
+             "l2_cache_size, refcount_cache_size)", opt);
     return -EINVAL;
 }
 

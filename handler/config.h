@@ -37,7 +37,13 @@ struct qlun_config {
     /* stats=: where the live statistics go; "" = the default path,
      * "off" = nowhere. */
     char stats_path[PATH_MAX];
+    /* l2_cache_size=, refcount_cache_size=: qcow2 metadata caches in
+     * bytes, 1 .. QLUN_CACHE_SIZE_MAX; 0 = sized from the image. */
+    uint64_t l2_cache_size;
+    uint64_t refcount_cache_size;
 };
+
+#define QLUN_CACHE_SIZE_MAX (1ull << 30)
 
 /* Parse a cfgstring as tcmu-runner passes it (with the "qlun/" prefix).
  * Returns 0, or -EINVAL with one line naming the problem in err. */

@@ -55,6 +55,8 @@ int qlun_dev_open(const struct qlun_dev_params *p, struct qlun_dev **out,
         .read_only = d->cfg.read_only,
         .direct_io = direct,
         .backing_root = d->cfg.backing_root[0] ? d->cfg.backing_root : NULL,
+        .l2_cache_bytes = d->cfg.l2_cache_size,
+        .refcount_cache_bytes = d->cfg.refcount_cache_size,
     };
     ret = image_open(&opts, &d->img, why, sizeof(why));
     if (ret < 0) {

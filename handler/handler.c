@@ -148,7 +148,8 @@ static struct tcmur_handler qlun_handler = {
     .cfg_desc = "qlun/<image path>[;format=qcow2|raw][;readonly=on|off]"
                 "[;cache=writeback|writethrough|none|directsync]"
                 "[;serial=S][;backing_root=DIR][;soft_threshold=SIZE|N%]"
-                "[;stats=PATH|off]",
+                "[;stats=PATH|off][;l2_cache_size=SIZE]"
+                "[;refcount_cache_size=SIZE]",
     .check_config = qlun_check_config,
     .open = qlun_open,
     .close = qlun_close,

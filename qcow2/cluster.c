@@ -104,12 +104,20 @@ int qcow2_get_l2e(struct qcow2 *q, uint64_t gc, struct l2e *e)
     uint64_t l2i, l2off;
     void *t;
     split(q, gc, &l1i, &l2i);
-    int ret = qcow2_check_l1e(q, l1i, &l2off);
-    if (ret < 0)
-        return ret;
-    if (l2off == 0)
-        return qcow2_decode_l2e(q, 0, 0, gc << q->cluster_bits, e);
-    ret = cache_get(q->l2_cache, l2off, true, &t);
+    int ret;
+    /* First without holding the lock over a table read; if the tables
+     * changed meanwhile, again from the L1 entry, holding it. */
+    for (bool unlocked = true;; unlocked = false) {
+        ret = qcow2_check_l1e(q, l1i, &l2off);
+        if (ret < 0)
+            return ret;
+        if (l2off == 0)
+            return qcow2_decode_l2e(q, 0, 0, gc << q->cluster_bits, e);
+        ret = unlocked ? cache_get_unlocked(q->l2_cache, l2off, &t)
+                       : cache_get(q->l2_cache, l2off, true, &t);
+        if (ret != -EAGAIN)
+            break;
+    }
     if (ret < 0)
         return ret;
     const uint8_t *p = (uint8_t *)t + l2i * q->l2_entry_size;
@@ -208,7 +216,8 @@ int qcow2_set_l2e(struct qcow2 *q, uint64_t gc, uint64_t entry,
         put_be64(p + 8, bitmap);
     else
         assert(bitmap == 0);
-    cache_mark_dirty(q->l2_cache, t);
+    cache_mark_dirty(q->l2_cache, t, l2i * q->l2_entry_size,
+                     q->l2_entry_size);
     cache_put(q->l2_cache, t);
     return 0;
 }

@@ -382,10 +382,10 @@ static int open_image(struct qcow2 *q, const struct image_open_opts *opts,
         FAIL(ret, "%s: cannot read the L1/refcount tables: %s", path,
              strerror(-ret));
 
-    /* Caches: L2 tables up to 4 MiB (at least 8 tables), refcount blocks
-     * up to 1 MiB (at least 4), at most 512 slots each. */
-    size_t l2_slots = (size_t)MAX(8, MIN(512, (4u << 20) / cs));
-    size_t rb_slots = (size_t)MAX(4, MIN(512, (1u << 20) / cs));
+    /* Caches: sized from the virtual size or the cfgstring (cache_size.c). */
+    size_t l2_slots = qcow2_l2_cache_slots(q, opts->l2_cache_bytes);
+    size_t rb_slots = qcow2_rb_cache_slots(q, l2_slots,
+                                           opts->refcount_cache_bytes);
     q->l2_cache = cache_new(q, l2_slots, qcow2_l2_pre_write);
     q->rb_cache = cache_new(q, rb_slots, NULL);
     q->zero_buf = calloc(1, cs);

@@ -18,9 +18,12 @@
  * Locking.  q->lock (the "metadata lock") protects every field below that
  * is not constant after open: the L1 table, the refcount table, both
  * caches, the allocator, the pending-free list, header state.  Metadata
- * I/O (tables, header) is done with it held; guest data I/O (preadv and
- * pwritev of data clusters, backing reads, decompression) never is, nor
- * is a flush with no metadata to write (qcow2_flush: fdatasync alone).
+ * I/O (tables, header) is done with it held, except the read of an L2
+ * table that qcow2_get_l2e misses (cache.c, "Loading without the lock"),
+ * so that a miss does not stall commands whose tables are cached, and a
+ * flush with no metadata to write (qcow2_flush: fdatasync alone); guest
+ * data I/O (preadv and pwritev of data clusters, backing reads,
+ * decompression) never is.
  * A guest range lock (io.c) keeps requests on overlapping guest clusters
  * apart: reads and writes that change no mapping (in place into owned,
  * fully allocated clusters) share it; writes that allocate, zeroes and
@@ -37,10 +40,15 @@
  *   - refcount decreases are queued (pending frees) and applied only after
  *     the L2/L1 change that dropped the reference is durable (meta sync).
  *
- * Memory.  Fixed, whatever the image size: the L2 cache holds at most
- * max(8, min(512, 4 MiB / cluster_size)) tables, the refcount cache
- * max(4, min(512, 1 MiB / cluster_size)) blocks (4 MiB + 1 MiB with 64 KiB
- * clusters).  Proportional: the L1 table (8 bytes per L2 table: 16 KiB per
+ * Memory.  Bounded, set at open (cache_size.c): by default the L2 cache
+ * holds every L2 table of the virtual disk (one table maps cluster_size/8
+ * guest clusters: 128 MiB per TiB of virtual size with 64 KiB clusters),
+ * capped at 32 MiB (a 256 GiB disk), at least 8 tables; the refcount
+ * cache a quarter of that, at least 4 blocks.  The cfgstring may set
+ * either (l2_cache_size, refcount_cache_size).  A cache reserves its
+ * tables as address space and touches them as they fill.  Per table,
+ * cache.c keeps a bitmap of its dirty host I/O units.
+ * Proportional: the L1 table (8 bytes per L2 table: 16 KiB per
  * TiB of virtual size with 64 KiB clusters) and the refcount table (8 bytes
  * per refcount block: 4 KiB per TiB of host with 64 KiB clusters, 16-bit
  * refcounts).  A rebuild (dirty image) needs 4 bytes per host cluster while
@@ -273,8 +281,18 @@ void cache_free(struct cache *c);
 /* Get the table at host offset off, reading it (read=true) or starting from
  * zeros (read=false, for a freshly allocated table). */
 int cache_get(struct cache *c, uint64_t off, bool read, void **table);
+/* cache_get(read=true), but a miss reads the table with q->lock dropped
+ * (other commands go on meanwhile; held again on return).  -EAGAIN: the
+ * cached tables changed meanwhile, so the copy read may be stale and the
+ * caller must redo its lookup (from the L1 table) with cache_get. */
+int cache_get_unlocked(struct cache *c, uint64_t off, void **table);
+/* Loads of cache_get_unlocked announced at once (so that a second miss on
+ * the table waits for the first); more go unannounced. */
+#define CACHE_MAX_LOADING 16
 void cache_put(struct cache *c, void *table);
-void cache_mark_dirty(struct cache *c, void *table);
+/* Bytes [at, at+len) of a pinned table changed: write-back writes (at
+ * least) the host I/O units covering them, not the whole table. */
+void cache_mark_dirty(struct cache *c, void *table, size_t at, size_t len);
 /* Write back every dirty table (pre_write first unless skip_pre). */
 int cache_writeback(struct cache *c, bool skip_pre);
 bool cache_has_dirty(struct cache *c);
@@ -282,6 +300,13 @@ bool cache_has_dirty(struct cache *c);
 void cache_forget(struct cache *c, uint64_t off);
 /* Drop everything, dirty or not (crash simulation, rebuild). */
 void cache_invalidate(struct cache *c);
+/* Number of tables the cache holds at most. */
+size_t cache_slots(const struct cache *c);
+/* Slots for the L2 and refcount caches of q (header.c): requested bytes
+ * (0 = default) become table counts, see "Memory" above. */
+size_t qcow2_l2_cache_slots(const struct qcow2 *q, uint64_t bytes);
+size_t qcow2_rb_cache_slots(const struct qcow2 *q, size_t l2_slots,
+                            uint64_t bytes);
 
 /* ---- refcount.c ---- */
 
@@ -324,7 +349,11 @@ int qcow2_decode_l2e(struct qcow2 *q, uint64_t entry, uint64_t bitmap,
                      uint64_t guest_off, struct l2e *e);
 /* Validate an L1 entry and return its L2 table offset (0: none). */
 int qcow2_check_l1e(struct qcow2 *q, uint32_t l1_index, uint64_t *l2_off);
-/* Look up the L2 entry for guest cluster gc, decoded.  Lock held. */
+/* Look up the L2 entry for guest cluster gc, decoded.  Lock held, but
+ * dropped while an L2 table is read from the host (so a miss does not stall
+ * commands whose tables are cached): the caller must hold the guest range
+ * lock on gc (which keeps its entry and host cluster as they are) and must
+ * not rely on other state staying unchanged across the call. */
 int qcow2_get_l2e(struct qcow2 *q, uint64_t gc, struct l2e *e);
 /* Store (entry, bitmap) as the L2 entry for guest cluster gc, allocating or
  * copying (COW) the L2 table first if needed.  Lock held. */

@@ -278,7 +278,11 @@ int qcow2_update_refcount(struct qcow2 *q, uint64_t ci, int64_t delta)
     }
     v += (uint64_t)delta;
     rb_set(q, rb, i, v);
-    cache_mark_dirty(q->rb_cache, rb);
+    /* The byte(s) holding entry i: a refcount is 1..64 bits wide. */
+    uint64_t first_bit = i << q->refcount_order;
+    uint64_t end_bit = first_bit + (1ull << q->refcount_order);
+    cache_mark_dirty(q->rb_cache, rb, (size_t)(first_bit / 8),
+                     (size_t)((end_bit + 7) / 8 - first_bit / 8));
     cache_put(q->rb_cache, rb);
     if (v == 0) {
         if (ci < q->free_hint)

@@ -49,6 +49,8 @@ static void check_config(const struct qlun_config *c)
     FAIL_IF(!terminated(c->stats_path, sizeof(c->stats_path)));
     FAIL_IF(c->stats_path[0] && c->stats_path[0] != '/' &&
             strcmp(c->stats_path, "off") != 0);
+    FAIL_IF(c->l2_cache_size > QLUN_CACHE_SIZE_MAX);
+    FAIL_IF(c->refcount_cache_size > QLUN_CACHE_SIZE_MAX);
 }
 
 /* The same config as a cfgstring; returns false if it does not fit. */
@@ -76,6 +78,11 @@ static bool rebuild(const struct qlun_config *c, char *out, size_t size)
             (unsigned long long)c->soft_threshold_bytes);
     if (c->stats_path[0])
         ADD(";stats=%s", c->stats_path);
+    if (c->l2_cache_size)
+        ADD(";l2_cache_size=%llu", (unsigned long long)c->l2_cache_size);
+    if (c->refcount_cache_size)
+        ADD(";refcount_cache_size=%llu",
+            (unsigned long long)c->refcount_cache_size);
 #undef ADD
     return n < size;
 }

@@ -165,6 +165,7 @@ QT_FN bool qt_write_file(const char *path, const void *buf, size_t len)
 }
 
 static bool qt_direct_io; /* open with O_DIRECT */
+static uint64_t qt_l2_cache_bytes; /* L2 cache size to open with; 0 = default */
 
 QT_FN int qt_open(const char *path, bool ro, const char *root,
                   struct image **img)
@@ -173,6 +174,7 @@ QT_FN int qt_open(const char *path, bool ro, const char *root,
     struct image_open_opts o = {
         .path = path, .format = "qcow2", .read_only = ro,
         .backing_root = root, .direct_io = qt_direct_io,
+        .l2_cache_bytes = qt_l2_cache_bytes,
     };
     int ret = image_open(&o, img, err, sizeof(err));
     if (ret < 0)

@@ -62,6 +62,34 @@ int main(void)
     CHECK_EQ(parse("qlun//a.img;stats=off", &cfg, err), 0);
     CHECK(parse("qlun//a.img;stats=rel.json", &cfg, err) < 0);
 
+    /* qcow2 metadata cache sizes: a size with a suffix, 1 byte .. 1G. */
+    CHECK_EQ(parse("qlun//a.img", &cfg, err), 0);
+    CHECK_EQ(cfg.l2_cache_size, 0);          /* 0 = sized from the image */
+    CHECK_EQ(cfg.refcount_cache_size, 0);
+    CHECK_EQ(parse("qlun//a.img;l2_cache_size=8M;refcount_cache_size=256K",
+                   &cfg, err), 0);
+    CHECK_EQ(cfg.l2_cache_size, 8ull << 20);
+    CHECK_EQ(cfg.refcount_cache_size, 256ull << 10);
+    CHECK_EQ(parse("qlun//a.img;l2_cache_size=1G", &cfg, err), 0);
+    CHECK_EQ(cfg.l2_cache_size, 1ull << 30);
+    CHECK_EQ(parse("qlun//a.img;refcount_cache_size=65536", &cfg, err), 0);
+    CHECK_EQ(cfg.refcount_cache_size, 65536);
+    static const char *const bad_sizes[] = {
+        "0", "0M", "garbage", "8Q", "8M8", "-1", "", "10%", "1025M", "2G",
+        "1T", "99999999999999999999",
+    };
+    for (size_t i = 0; i < sizeof(bad_sizes) / sizeof(*bad_sizes); i++) {
+        char s[128];
+        snprintf(s, sizeof(s), "qlun//a.img;l2_cache_size=%s", bad_sizes[i]);
+        CHECK(parse(s, &cfg, err) < 0 &&
+              strstr(err, "for option 'l2_cache_size'") &&
+              strstr(err, "expected a size from 1 to 1G"));
+        snprintf(s, sizeof(s), "qlun//a.img;refcount_cache_size=%s",
+                 bad_sizes[i]);
+        CHECK(parse(s, &cfg, err) < 0 &&
+              strstr(err, "for option 'refcount_cache_size'"));
+    }
+
     /* Errors name the problem. */
     CHECK(parse("qcow//a.img", &cfg, err) < 0 && strstr(err, "qlun/"));
     CHECK(parse("qlun/", &cfg, err) < 0 && strstr(err, "no image path"));
