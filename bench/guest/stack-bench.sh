@@ -49,7 +49,7 @@ in_list() { local x=$1; shift; local y; for y in "$@"; do [ "$x" = "$y" ] && ret
 parse_args() {
     CHECK=0; RUNTIME=; REPEAT=; BACKSTORES=(); JOBS=(); QUICK=0
     LUN_SIZE=4G; RAND_SIZE=
-    local bs= jobs=
+    local bs='' jobs=''
     while [ $# -gt 0 ]; do
         case "$1" in
             --check) CHECK=1; shift ;;

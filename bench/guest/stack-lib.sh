@@ -1,4 +1,4 @@
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2034
 # The body of bench/guest/stack-bench.sh (sourced by it in the VM, after
 # tests/e2e/lib.sh and lib-thin.sh, with the parsed options set).
 #
@@ -132,6 +132,19 @@ cpu_ticks() {
     sed 's/.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'
 }
 
+# Start each cell with none of BACKSTORE's images in the guest's page cache
+# (the buffered backstores would otherwise read what the previous job left).
+# Not drop_caches: that also drops the 9p cache of the binaries (fio, python,
+# libraries), and reading them back over 9p costs seconds a cell under TCG.
+drop_image_cache() {
+    local f
+    for f in "$RIG_DATA/$2/$1"/*; do
+        case "$f" in *.raw|*.qcow2) ;; *) continue ;; esac
+        sync "$f"                                          # DONTNEED skips dirty pages
+        dd if="$f" iflag=nocache count=0 status=none      # fadvise(DONTNEED) of the file
+    done
+}
+
 # ---- target set-up ------------------------------------------------------------
 # tcmu-runner with both handlers: --handler-path REPLACES the default dir, so
 # qlun's build dir alone would lose tcmu-runner's own handler_qcow.so
@@ -238,7 +251,8 @@ fio_args() {
 # SYNCHRONIZE CACHE after every write) beside a 4k random reader at QD1
 # in the prefilled region; the cell reports the reader
 fio_flush_args() {
-    local fsync=$([ "$1" = flush-fsync ] && echo 1 || echo 0)
+    local fsync=0
+    [ "$1" = flush-fsync ] && fsync=1
     printf '%s\n' --name=reader --rw=randread --bs=4k --iodepth=1 --offset=0 "--size=$RAND_BYTES" \
         --name=writer --rw=randwrite --bs=4k --iodepth=1 "--fsync=$fsync" \
         "--offset=$RAND_BYTES" "--size=$RAND_BYTES"
@@ -275,7 +289,7 @@ run_cell() {
         dev=${DEV[$bs]}
     fi
     pid=$(server_pid "$bs" "$tag")
-    sync; echo 3 >/proc/sys/vm/drop_caches      # the guest's cache of the images
+    drop_image_cache "$bs" "$tag"
     c0=$(cpu_ticks "$pid"); t0=$(thin_now)
     case "$j" in
         blkdiscard*|convert) run_timed "$j" "$dev" "$f.log"; rc=$? ;;
