@@ -50,7 +50,7 @@
 #   --quick            backstores qlun-qcow2,qlun-raw,fileio,user-qcow,qemu-nbd;
 #                      jobs randread-4k-qd16,randwrite-4k-qd16,randwrite-4k-qd1,
 #                      alloc-randwrite-4k-qd16,seqwrite-1m,convert; runtime 5 s,
-#                      1 repetition, --rand-size 256M  (~20 min under TCG)
+#                      1 repetition, --rand-size 256M  (~15-20 min under TCG)
 #   --runtime S        seconds per fio job (default 10)
 #   --repeat N         repetitions (default 3)
 #   --backstores a,b   a subset, in this order
@@ -60,7 +60,7 @@
 #   --out DIR          work dir (results kept there; default a new
 #                      /var/tmp/qlun-stack-bench.XXXXXX)
 #   -h, --help
-# The full default run (9 backstores, 19 jobs, 3 repetitions) takes ~4.5 h
+# The full default run (9 backstores, 19 jobs, 3 repetitions) takes ~4 h
 # under TCG; the script prints its estimate before it starts.
 #
 # Environment: QLUN_BENCH_TCMU_ENV="K=V ..." is tcmu-runner's extra

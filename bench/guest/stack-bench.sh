@@ -90,23 +90,21 @@ parse_args() {
 # a job that needs a fresh image of the backstore (scratch target)
 is_scratch_job() { case "$1" in alloc-*|blkdiscard*|convert) return 0 ;; esac; return 1; }
 
-# Rough wall-clock seconds under TCG on a busy 2-core host: fio start-up and
-# the CPU reads cost ~8 s a cell; a scratch cell adds image creation, a
-# target, a login and a logout (~40 s) and its own work (~45 s for a 4 GiB
-# blkdiscard or convert); prefilling writes ~60 MB/s.
+# Rough wall-clock seconds under TCG on a busy 2-core host (seen in the
+# --quick run: a fio cell costs its runtime + ~8 s of fio and bookkeeping; a
+# fresh scratch image, target, login and logout ~10 s more; blkdiscard and
+# convert of 4 GiB 8-50 s, but ~330 s where the zeroes are written as data
+# (qemu-nbd); prefilling writes ~40 MB/s).
 estimate_secs() {
-    local nbs=${#BACKSTORES[@]} j fio=0 scratch=0 work=0
+    local nbs=${#BACKSTORES[@]} j work=0
     for j in "${JOBS[@]}"; do
-        if is_scratch_job "$j"; then
-            scratch=$((scratch + 1))
-            case "$j" in alloc-*) work=$((work + RUNTIME + 8)) ;; *) work=$((work + 45 * LUN_BYTES / (4 << 30) + 5)) ;; esac
-        else
-            fio=$((fio + 1)); work=$((work + RUNTIME + 8))
-        fi
+        case "$j" in
+            alloc-*) work=$((work + RUNTIME + 18)) ;;
+            blkdiscard*|convert) work=$((work + 18 + 60 * LUN_BYTES / (4 << 30))) ;;
+            *) work=$((work + RUNTIME + 8)) ;;
+        esac
     done
-    local per_rep=$((work + scratch * 40))
-    local setup=$((60 + nbs * (15 + RAND_BYTES / 60000000) + 90))
-    echo $((setup + REPEAT * nbs * per_rep))
+    echo $((90 + nbs * (8 + RAND_BYTES / 40000000) + REPEAT * nbs * work))
 }
 
 describe_plan() {

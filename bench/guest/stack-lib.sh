@@ -181,11 +181,18 @@ start_target() {
            -e 's/^node.session.cmds_max *=.*/node.session.cmds_max = 256/' /etc/iscsi/iscsid.conf
 }
 
-# prepare DEV: no I/O scheduler in the way, the deadline counted by fio
+# prepare DEV (of BACKSTORE): no I/O scheduler in the way; record how the
+# initiator sees it (whether zeroing is WRITE SAME or written data explains
+# blkdiscard -z and convert times)
 tune_dev() {
-    local q=/sys/block/${1#/dev/}/queue
+    local q=/sys/block/${1#/dev/}/queue sd
     echo none >"$q/scheduler" 2>/dev/null
     echo 0 >"$q/add_random" 2>/dev/null
+    sd=$(ls -d /sys/block/"${1#/dev/}"/device/scsi_disk/* 2>/dev/null | head -1)
+    echo "$2 $1: provisioning_mode=$(cat "$sd/provisioning_mode" 2>/dev/null)" \
+        "zeroing_mode=$(cat "$sd/zeroing_mode" 2>/dev/null)" \
+        "discard_max_bytes=$(cat "$q/discard_max_bytes")" \
+        "write_zeroes_max_bytes=$(cat "$q/write_zeroes_max_bytes")" >>"$BENCH_OUT/devices.txt"
 }
 
 main_up() {
@@ -201,7 +208,7 @@ main_up() {
     rig_login "$MAIN_IQN" "" "" || { rig_diag login; bench_die "iSCSI login to $MAIN_IQN failed"; }
     for bs in "${BACKSTORES[@]}"; do
         DEV[$bs]=$(rig_lun_dev "$MAIN_IQN" "$i") || bench_die "LUN $i ($bs) did not appear on the initiator"
-        tune_dev "${DEV[$bs]}"
+        tune_dev "${DEV[$bs]}" "$bs"
         rig_log "backstore $bs: LUN $i is ${DEV[$bs]}"
         i=$((i + 1))
     done
@@ -215,7 +222,7 @@ scratch_up() {
         || { cat "$BENCH_RAW/lio-scratch.txt"; bench_die "LIO could not set up the scratch target for $1"; }
     rig_login "$SCRATCH_IQN" "" "" >/dev/null || { rig_diag login; bench_die "iSCSI login to the scratch target ($1) failed"; }
     SDEV=$RIG_DEV
-    tune_dev "$SDEV"
+    tune_dev "$SDEV" "scratch-$1"
 }
 
 scratch_down() {
@@ -265,17 +272,21 @@ run_fio() {   # JOB DEV OUT_JSON
     else
         mapfile -t args < <(echo "--name=$j"; fio_args "$j")
     fi
+    # the I/O of a wedged stack is not killable; the limit catches the rest
+    timeout -k 10 $((RUNTIME * 4 + 120)) \
     fio --filename="$dev" --direct=1 --ioengine=libaio --time_based --runtime="$RUNTIME" \
         --randrepeat=0 --norandommap --output-format=json --output="$out" "${args[@]}" \
         >"$out.log" 2>&1
 }
 
-# run_timed JOB DEV LOG: blkdiscard / convert, whole LUN
+# run_timed JOB DEV LOG: blkdiscard / convert, whole LUN.  Limit: writing
+# every byte of the LUN at 5 MiB/s (a device that zeroes by writing).
 run_timed() {
+    local limit=$((LUN_BYTES / (5 << 20) + 120))
     case "$1" in
-        blkdiscard-z) blkdiscard -z "$2" ;;
-        blkdiscard) blkdiscard "$2" ;;
-        convert) qemu-img convert -t none -O raw -n "$SRC_IMG" "$2" ;;
+        blkdiscard-z) timeout -k 10 "$limit" blkdiscard -z "$2" ;;
+        blkdiscard) timeout -k 10 "$limit" blkdiscard "$2" ;;
+        convert) timeout -k 10 "$limit" qemu-img convert -t none -O raw -n "$SRC_IMG" "$2" ;;
     esac >"$3" 2>&1
 }
 
@@ -317,7 +328,7 @@ run_cell() {
 bench_main() {
     local rep j bs t0
     t0=$(thin_now)
-    mkdir -p "$BENCH_RAW"; : >"$BENCH_RESULTS"
+    mkdir -p "$BENCH_RAW"; : >"$BENCH_RESULTS"; : >"$BENCH_OUT/devices.txt"
     start_target
     main_up
     in_list convert "${JOBS[@]}" && make_convert_source
