@@ -78,7 +78,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
 GUEST=$HERE/guest/stack-bench.sh
 
-die() { echo "stack-bench.sh: $*" >&2; exit "${2:-1}"; }
+die() { echo "stack-bench.sh: $1" >&2; exit "${2:-1}"; }
 
 OUT=
 ARGS=()
