@@ -2,7 +2,7 @@
 """Figures of bench/stack-bench.sh: one cell in, one table out.
 
   stack-report.py cell --rep N --job J --backstore B (--fio FILE | --secs S
-                  --bytes N | --error WHY) [--cpu SECONDS]
+                  --bytes N | --error WHY | --na WHY) [--cpu SECONDS]
       one JSON line (a cell's figures) on stdout
   stack-report.py table RESULTS.jsonl [--text FILE] [--json FILE]
                   [--runtime S] [--repeat N] [--note TEXT]
@@ -62,7 +62,9 @@ def cell_from_fio(path, jobname):
 
 def cmd_cell(a):
     cell = {"rep": a.rep, "job": a.job, "backstore": a.backstore}
-    if a.error:
+    if a.na:
+        cell["na"] = a.na
+    elif a.error:
         cell["error"] = a.error
     elif a.fio:
         cell.update(cell_from_fio(a.fio, a.job))
@@ -71,7 +73,7 @@ def cmd_cell(a):
     if a.cpu not in (None, ""):
         cpu = float(a.cpu)
         cell["cpu_s"] = cpu
-        if "error" not in cell:
+        if "error" not in cell and "na" not in cell:
             if cell["kind"] in ("iops", "flush"):
                 cell["cpu_norm"] = cpu / max(cell["ios"], 1) * 1e5
                 cell["cpu_unit"] = "s/100k IO"
@@ -110,9 +112,10 @@ def summarise(cells):
             order_bs.append(c["backstore"])
     summary = {}
     for key, cs in groups.items():
-        good = [c for c in cs if "error" not in c]
+        good = [c for c in cs if "error" not in c and "na" not in c]
         s = {"job": key[0], "backstore": key[1], "reps": len(cs),
-             "errors": [c["error"] for c in cs if "error" in c]}
+             "errors": [c["error"] for c in cs if "error" in c],
+             "na": sorted({c["na"] for c in cs if "na" in c})}
         if good:
             vals = [c["value"] for c in good]
             s.update(unit=good[0]["unit"], kind=good[0]["kind"], median=med(vals),
@@ -147,7 +150,10 @@ def cmd_table(a):
             if s is None:
                 continue
             if s.get("median") is None:
-                rows.append([j, b, "ERROR", "", "; ".join(s["errors"])] + [""] * 6)
+                if s["errors"]:
+                    rows.append([j, b, "ERROR", "", "; ".join(s["errors"])] + [""] * 6)
+                else:
+                    rows.append([j, b, "n/a", "", "; ".join(s["na"])] + [""] * 6)
                 continue
             is_qlun = b.startswith("qlun-")
             rf = ratio(s, summary.get((j, "fileio"))) if is_qlun else None
@@ -194,6 +200,7 @@ def main():
     c.add_argument("--secs", type=float)
     c.add_argument("--bytes", type=int)
     c.add_argument("--error")
+    c.add_argument("--na", help="the backstore cannot do this job (shown as n/a)")
     c.add_argument("--cpu")
     t = sub.add_parser("table")
     t.add_argument("results")

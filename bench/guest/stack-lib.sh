@@ -303,13 +303,22 @@ run_cell() {
     drop_image_cache "$bs" "$tag"
     c0=$(cpu_ticks "$pid"); t0=$(thin_now)
     case "$j" in
-        blkdiscard*|convert) run_timed "$j" "$dev" "$f.log"; rc=$? ;;
+        blkdiscard)
+            # a LUN without UNMAP (user:qcow) is a finding, not a failure
+            if [ "$(cat "/sys/block/${dev#/dev/}/queue/discard_max_bytes")" = 0 ]; then
+                rc=na
+            else
+                run_timed "$j" "$dev" "$f.log"; rc=$?
+            fi ;;
+        blkdiscard-z|convert) run_timed "$j" "$dev" "$f.log"; rc=$? ;;
         *) run_fio "$j" "$dev" "$f.json"; rc=$? ;;
     esac
     secs=$(thin_since "$t0"); c1=$(cpu_ticks "$pid")
     local cpu
     cpu=$(awk -v a="$c0" -v b="$c1" -v t="$CLK_TCK" -v p="$pid" 'BEGIN{ if (p == "") print ""; else printf "%.3f", (b-a)/t }')
-    if [ "$rc" != 0 ]; then
+    if [ "$rc" = na ]; then
+        "${REPORT[@]}" cell --rep "$rep" --job "$j" --backstore "$bs" --na "no discard support" >>"$BENCH_RESULTS"
+    elif [ "$rc" != 0 ]; then
         CELL_ERRORS=$((CELL_ERRORS + 1))
         rig_log "ERROR: $j on $bs (rep $rep) exited $rc: $(tail -c 300 "$f".log 2>/dev/null)"
         "${REPORT[@]}" cell --rep "$rep" --job "$j" --backstore "$bs" --error "exit $rc" >>"$BENCH_RESULTS"
