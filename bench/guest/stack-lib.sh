@@ -171,7 +171,12 @@ start_target() {
     done
     [ ${#names[@]} -gt 0 ] && rig_log "tcmu-runner environment: ${QLUN_BENCH_TCMU_ENV}"
     rig_target_up "$hdir" || { rig_diag "target up"; bench_die "LIO/D-Bus/tcmu-runner did not come up"; }
-    for kv in "${names[@]}"; do unset "$kv"; done
+    for kv in "${names[@]}"; do
+        tr '\0' '\n' <"/proc/$RIG_TCMU_PID/environ" | grep -q "^$kv=" \
+            || bench_die "QLUN_BENCH_TCMU_ENV: $kv is not in tcmu-runner's environment"
+        unset "$kv"
+    done
+    [ ${#names[@]} -gt 0 ] && rig_log "tcmu-runner (pid $RIG_TCMU_PID) has ${names[*]} in its environment"
     for kv in target_core_iblock target_core_file loop nbd; do
         modprobe "$kv" || bench_die "modprobe $kv failed"
     done
