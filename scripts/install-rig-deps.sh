@@ -7,13 +7,16 @@
 # The rig boots Debian's own kernel (linux-image-amd64: /boot/vmlinuz-* with
 # LIO, TCMU and iscsi modules) under QEMU/TCG with the host's userspace as
 # the guest root, so the target and initiator tools are installed on the HOST.
+# bench/stack-bench.sh also needs fio, qemu-utils (qemu-nbd, qemu-io,
+# qemu-img), mount (losetup) and the kernel's nbd and loop modules (in
+# linux-image-amd64).
 set -eu
 
 PKGS="
   qemu-system-x86 qemu-utils
   linux-image-amd64 kmod
   busybox-static cpio gzip xz-utils zstd file
-  e2fsprogs util-linux iproute2 procps sysvinit-utils coreutils mawk
+  e2fsprogs util-linux mount iproute2 procps sysvinit-utils coreutils mawk
   tcmu-runner targetcli-fb python3-rtslib-fb python3-dbus python3-gi
   dbus dbus-bin dbus-daemon
   open-iscsi sg3-utils fio libiscsi-bin qemu-block-extra
