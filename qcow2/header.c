@@ -381,6 +381,7 @@ static int open_image(struct qcow2 *q, const struct image_open_opts *opts,
     if (ret < 0)
         FAIL(ret, "%s: cannot read the L1/refcount tables: %s", path,
              strerror(-ret));
+    qcow2_reftable_count_used(q);
 
     /* Caches: sized from the virtual size or the cfgstring (cache_size.c). */
     size_t l2_slots = qcow2_l2_cache_slots(q, opts->l2_cache_bytes);

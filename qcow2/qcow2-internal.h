@@ -185,6 +185,10 @@ struct qcow2 {
 
     uint64_t *reftable;       /* host byte order; under lock */
     uint64_t reftable_entries;
+    /* 1 + the index of the last non-zero reftable entry: the entries
+     * after it are zero, so overlap.c looks no further (refcount.c keeps
+     * it whenever an entry or the table changes). */
+    uint64_t reftable_used;
     uint64_t reftable_offset;
     uint32_t reftable_clusters;
     uint32_t rb_bits;         /* log2(refcount entries per block) */
@@ -310,6 +314,8 @@ size_t qcow2_rb_cache_slots(const struct qcow2 *q, size_t l2_slots,
 
 /* ---- refcount.c ---- */
 
+/* Recount reftable_used after the refcount table was read or replaced. */
+void qcow2_reftable_count_used(struct qcow2 *q);
 /* Refcount of host cluster index ci (0 when no block covers it). */
 int qcow2_get_refcount(struct qcow2 *q, uint64_t ci, uint64_t *rc);
 /* Add delta to the refcount of cluster ci; creates refcount blocks and

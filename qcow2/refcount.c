@@ -178,6 +178,7 @@ static int grow_reftable(struct qcow2 *q, uint64_t need)
     q->reftable_entries = entries;
     q->reftable_offset = table_off;
     q->reftable_clusters = (uint32_t)tc;
+    qcow2_reftable_count_used(q);
     /* The old table is unreferenced now; give its clusters back. */
     for (uint64_t i = 0; i < old_clusters; i++) {
         ret = qcow2_update_refcount(q, old_off / cs + i, -1);
@@ -237,8 +238,17 @@ static int ensure_block(struct qcow2 *q, uint64_t ri, uint64_t *off)
     if (ret < 0)
         return ret;
     q->reftable[ri] = boff;
+    q->reftable_used = MAX(q->reftable_used, ri + 1);
     *off = boff;
     return 0;
+}
+
+void qcow2_reftable_count_used(struct qcow2 *q)
+{
+    uint64_t n = q->reftable_entries;
+    while (n > 0 && q->reftable[n - 1] == 0)
+        n--;
+    q->reftable_used = n;
 }
 
 int qcow2_get_refcount(struct qcow2 *q, uint64_t ci, uint64_t *rc)
@@ -709,6 +719,7 @@ int qcow2_rebuild_refcounts(struct qcow2 *q, char *err, size_t errlen)
     q->reftable_entries = entries;
     q->reftable_offset = tstart * cs;
     q->reftable_clusters = (uint32_t)tc;
+    qcow2_reftable_count_used(q);
     q->host_end = MAX(q->host_end, c.used * cs);
     q->free_hint = 0;
     cache_invalidate(q->rb_cache);

@@ -115,6 +115,30 @@ static void growth(const char *opts, uint64_t size)
     if (ret < 0 || rc != 1)
         QT_FAIL("%s: the old refcount table's cluster 0x%" PRIx64 " was not "
                 "reused (refcount %" PRIu64 ")", name, rt_before, rc);
+    /* Every refcount block and L2 table made while serving is metadata to
+     * the overlap check (which looks only at the used part of the
+     * refcount table: that part must have grown with it). */
+    uint64_t blocks = 0;
+    pthread_mutex_lock(&q->lock);
+    for (uint64_t i = 0; i < q->reftable_entries; i++) {
+        uint64_t b = q->reftable[i] & REFT_OFFSET_MASK;
+        if (!b)
+            continue;
+        blocks++;
+        if (!qcow2_metadata_at(q, b, q->cluster_size))
+            QT_FAIL("%s: refcount block %" PRIu64 " at 0x%" PRIx64 " is not "
+                    "seen by the overlap check", name, i, b);
+    }
+    for (uint32_t i = 0; i < q->l1_size; i++) {
+        uint64_t t = q->l1[i] & L1E_OFFSET_MASK;
+        if (t && !qcow2_metadata_at(q, t, q->cluster_size))
+            QT_FAIL("%s: L2 table %u at 0x%" PRIx64 " is not seen by the "
+                    "overlap check", name, i, t);
+    }
+    pthread_mutex_unlock(&q->lock);
+    if (blocks < 2)
+        QT_FAIL("%s: only %" PRIu64 " refcount block(s): no new block tested",
+                name, blocks);
     write_some(img, &r, size, 500, 20000);
     qt_compare_image(img, model, name);
     QT_CHECK(image_close(img) == 0);
