@@ -20,13 +20,14 @@
  * the ring and queues it to a per-LUN pool of worker threads (nr_threads),
  * which call qlun_handle_cmd; a command runs start to finish on one worker
  * and its status completes it.  So the commands in flight on a LUN are at
- * most the pool's size: the pool must be at least as deep as the queue the
- * initiator keeps (LIO's cmdsn_depth, which targetcli-config sets to 128),
- * or a command that waits (a range lock, a flush, an allocation) holds
- * back the ones queued behind it.  QLUN_WORKER_THREADS in tcmu-runner's
- * environment overrides the default (0..512); 0 runs every command on the
- * cmdproc thread itself, one at a time (no hand-off between threads, no
- * concurrency: for measurements).  Measured in the rig (bench/guest/
+ * most the pool's size: it should be as deep as the queue the initiator
+ * keeps on the LUN, or a command that waits (a range lock, a flush, an
+ * allocation) holds back the ones queued behind it.  64 covers the deepest
+ * queue we measure (fio at QD64); the session allows 128 (cmdsn_depth, as
+ * targetcli-config sets it), shared by its LUNs.  QLUN_WORKER_THREADS in
+ * tcmu-runner's environment overrides the default (0..512); 0 runs every
+ * command on the cmdproc thread itself, one at a time (no hand-off
+ * between threads, no concurrency: for measurements).  Measured in the rig (bench/guest/
  * workers.sh, 4k random I/O on raw and qcow2 LUNs): 64 workers cost no
  * more tcmu-runner CPU per I/O than 1 or 2, and gave the most IOPS at
  * queue depth 16; running inline (0) gave the least.
