@@ -16,7 +16,7 @@ struct memimage {
     uint8_t *data;
     uint8_t *kind;          /* per MEM_UNIT: enum image_extent_kind */
     int fail_errno;         /* 0, or the negative errno to return */
-    int flushes, fua_writes, zeroes, zeroes_unmap, discards;
+    int flushes, zeroes, zeroes_unmap, discards;
     /* Changes (writes, zeroes, discards) not yet made durable: neither
      * written with IMAGE_FUA nor followed by a flush.  0 = all durable. */
     int unflushed;
@@ -48,9 +48,7 @@ static int mem_writev(struct image *img, const struct iovec *iov, int cnt,
     iov_to_buf(iov, cnt, 0, m->data + off, iov_size(iov, cnt));
     mem_mark(m, off, iov_size(iov, cnt), IMAGE_EXTENT_DATA);
     m->data_bytes_written += iov_size(iov, cnt);
-    if (flags & IMAGE_FUA)
-        m->fua_writes++;
-    else
+    if (!(flags & IMAGE_FUA))
         m->unflushed++;
     return 0;
 }
