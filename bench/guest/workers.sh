@@ -12,7 +12,8 @@
 # milliseconds per 1000 I/Os.  Not a test: nothing asserts on time.
 set -u
 . "$QLUN_REPO/tests/e2e/lib.sh"
-RIG_TCMU_DEBUG=0   # -d logs every CDB: it would measure the logging
+# cpu_ticks PID, CLK_TCK, and RIG_TCMU_DEBUG=0 (-d would measure the logging)
+. "$QLUN_REPO/bench/guest/stack-lib.sh"
 VARIANTS=${QLUN_BENCH_WORKERS:-"0 1 2 4 16 64"}
 REPEAT=${QLUN_BENCH_REPEAT:-2}
 RUNTIME=${QLUN_BENCH_RUNTIME:-5}
@@ -31,8 +32,6 @@ qemu-img convert -O qcow2 "$raw" "$q" || die "qcow2 prefill"
 "$RIG_MAKE_CONFIG" --image "$raw" --name wraw --lun "image=$q,format=qcow2,name=wq2" \
     --target-iqn "$IQN" -o "$OUT/config.json" || die "make-config"
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$RIG_TCMU_PID/stat"; }
-
 serve() {  # serve N: tcmu-runner with N workers, both LUNs logged in
     # targetcli asks D-Bus for tcmu-runner, and D-Bus would start the
     # system's own: clear the configuration only while ours runs.
@@ -50,7 +49,6 @@ serve() {  # serve N: tcmu-runner with N workers, both LUNs logged in
 }
 
 : >"$OUT/results.txt"
-hz=$(getconf CLK_TCK)
 for rep in $(seq "$REPEAT"); do
     for n in $VARIANTS; do
         serve "$n"
@@ -58,14 +56,14 @@ for rep in $(seq "$REPEAT"); do
             dev=$DEV_RAW; [ $lun = qcow2 ] && dev=$DEV_Q2
             for job in $JOBS; do
                 rw=${job%%:*} qd=${job#*:}
-                c0=$(cpu_ticks)
+                c0=$(cpu_ticks "$RIG_TCMU_PID")
                 fio --name=j --filename="$dev" --rw="$rw" --bs=4k --iodepth="$qd" \
                     --ioengine=libaio --direct=1 --size=1G --time_based \
                     --runtime="$RUNTIME" --output-format=json \
                     --output="$OUT/fio-$rep-$n-$lun-$rw-$qd.json" || die "fio"
-                c1=$(cpu_ticks)
+                c1=$(cpu_ticks "$RIG_TCMU_PID")
                 python3 - "$OUT/fio-$rep-$n-$lun-$rw-$qd.json" "$rep" "$n" "$lun" "$rw-qd$qd" \
-                    "$((c1 - c0))" "$hz" >>"$OUT/results.txt" <<'PY'
+                    "$((c1 - c0))" "$CLK_TCK" >>"$OUT/results.txt" <<'PY'
 import json, sys
 f, rep, n, lun, job, ticks, hz = sys.argv[1:]
 j = json.load(open(f))["jobs"][0]
