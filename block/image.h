@@ -154,7 +154,29 @@ void image_set_state(struct image *img, unsigned bits);
  * either way).  NULL is a no-op. */
 int image_close(struct image *img);
 
-/* Driver entry points, used by image_open(). */
+/* How to make a new image file (image_create_overlay()). */
+struct image_create_opts {
+    const char *path;           /* created exclusively: never clobbers */
+    uint64_t size;              /* virtual size in bytes */
+    uint32_t cluster_size;      /* 0 = the format's default */
+    const char *backing_name;   /* stored as given; NULL = none */
+    const char *backing_format; /* NULL = not recorded */
+};
+
+/* Make a new qcow2 image at overlay_path whose backing file is the image
+ * top, opened from top_path: the overlay of a live external snapshot.
+ * overlay_path must be absolute, must not exist, and its directory must
+ * lie inside root (as backing files must); the backing name is stored
+ * relative to the overlay's directory, with top's format.  cluster_size
+ * 0 takes top's (64 KiB if top has none).  The file is durable on
+ * return; on failure nothing is left behind. */
+int image_create_overlay(const struct image *top, const char *top_path,
+                         const char *overlay_path, const char *root,
+                         uint32_t cluster_size, char *err, size_t errlen);
+
+/* Driver entry points, used by image_open() and image_create_overlay(). */
+int qcow2_create(const struct image_create_opts *opts, char *err,
+                 size_t errlen);
 int raw_open(const struct image_open_opts *opts, struct image **out,
              char *err, size_t errlen);
 int qcow2_open(const struct image_open_opts *opts, struct image **out,
