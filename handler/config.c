@@ -260,3 +260,53 @@ int qlun_config_parse(const char *cfgstring, struct qlun_config *cfg,
     }
     return 0;
 }
+
+/* Append ";text" (or text alone for the first piece). */
+static int append(char *out, size_t outlen, size_t *len, const char *sep,
+                  const char *text, size_t text_len)
+{
+    size_t sep_len = strlen(sep);
+    if (*len + sep_len + text_len >= outlen)
+        return -ENAMETOOLONG;
+    memcpy(out + *len, sep, sep_len);
+    memcpy(out + *len + sep_len, text, text_len);
+    *len += sep_len + text_len;
+    out[*len] = 0;
+    return 0;
+}
+
+static bool option_is(const char *opt, size_t len, const char *key)
+{
+    size_t k = strlen(key);
+    return len > k && strncmp(opt, key, k) == 0 && opt[k] == '=';
+}
+
+int qlun_config_with_top(const char *cfgstring, const char *top_path,
+                         const char *serial, const char *backing_root,
+                         char *out, size_t outlen)
+{
+    if (strchr(top_path, ';') || strchr(backing_root, ';') ||
+        strchr(serial, ';'))
+        return -EINVAL;
+    outlen = MIN(outlen, (size_t)QLUN_CFGSTRING_MAX + 1);
+    size_t len = 0;
+    int ret = append(out, outlen, &len, QLUN_SUBTYPE "/", top_path,
+                     strlen(top_path));
+    const char *opt = strchr(cfgstring, ';');
+    while (ret == 0 && opt) {
+        opt++;
+        const char *end = strchrnul(opt, ';');
+        size_t n = (size_t)(end - opt);
+        if (n && !option_is(opt, n, "format") &&
+            !option_is(opt, n, "serial") &&
+            !option_is(opt, n, "backing_root"))
+            ret = append(out, outlen, &len, ";", opt, n);
+        opt = *end ? end : NULL;
+    }
+    if (ret == 0)
+        ret = append(out, outlen, &len, ";serial=", serial, strlen(serial));
+    if (ret == 0)
+        ret = append(out, outlen, &len, ";backing_root=", backing_root,
+                     strlen(backing_root));
+    return ret;
+}

@@ -12,6 +12,9 @@
 #include <stdint.h>
 
 #define QLUN_SUBTYPE "qlun"
+/* LIO keeps a TCMU backstore's config string in 256 bytes (the kernel's
+ * TCMU_CONFIG_LEN), the terminating NUL included. */
+#define QLUN_CFGSTRING_MAX 255
 #define QLUN_SERIAL_MAX 40
 
 /* Cache modes, as QEMU means them: whether the host page cache is used,
@@ -49,5 +52,16 @@ struct qlun_config {
  * Returns 0, or -EINVAL with one line naming the problem in err. */
 int qlun_config_parse(const char *cfgstring, struct qlun_config *cfg,
                       char *err, size_t errlen);
+
+/* The cfgstring of the same LUN with another top image (after an external
+ * snapshot): cfgstring's options, with the path replaced by top_path, the
+ * format left to its default (qcow2: an overlay is one), and serial and
+ * backing_root given explicitly (the old path implied them: the serial is
+ * derived from it when not set, the root is its directory).  Returns 0,
+ * or -ENAMETOOLONG if the result would not fit in outlen bytes or in
+ * QLUN_CFGSTRING_MAX, -EINVAL if top_path cannot be stored (a ';'). */
+int qlun_config_with_top(const char *cfgstring, const char *top_path,
+                         const char *serial, const char *backing_root,
+                         char *out, size_t outlen);
 
 #endif

@@ -40,6 +40,8 @@ int qlun_dev_open(const struct qlun_dev_params *p, struct qlun_dev **out,
         snprintf(err, errlen, "bad cfgstring: %s", why);
         goto fail;
     }
+    snprintf(d->top_path, sizeof(d->top_path), "%s", d->cfg.path);
+    snprintf(d->cfgstring, sizeof(d->cfgstring), "%s", p->cfgstring);
     if (p->block_size != 512 && p->block_size != 4096) {
         snprintf(err, errlen, "hw_block_size %u not supported (use 512 or "
                  "4096)", p->block_size);

@@ -20,8 +20,18 @@ struct qlun_dev_params {
 };
 
 struct qlun_dev {
-    struct qlun_config cfg;
-    struct image *img;
+    struct qlun_config cfg;       /* as opened; cfg.path is the first top */
+    struct image *img;            /* the top: changes with a snapshot */
+    char top_path[PATH_MAX];      /* the top image's path */
+    /* The cfgstring that reopens this LUN as it is now (it changes with
+     * an external snapshot). */
+    char cfgstring[QLUN_CFGSTRING_MAX + 1];
+    /* Store a changed cfgstring where tcmu-runner finds it after a
+     * restart (the handler: the backstore's configfs dev_config).  NULL
+     * in tests. */
+    int (*persist)(void *opaque, const char *cfgstring, char *err,
+                   size_t errlen);
+    void *persist_opaque;
     struct scsi_lun *lun;
     struct stats_file *stats;
     char serial[QLUN_SERIAL_MAX + 1];
@@ -38,5 +48,18 @@ int qlun_dev_open(const struct qlun_dev_params *p, struct qlun_dev **out,
 /* Close and free; returns the image's close status (a clean close flushes
  * and, for qcow2, clears the dirty state).  NULL is a no-op. */
 int qlun_dev_close(struct qlun_dev *d);
+
+/* Live external snapshot: make a new qcow2 overlay at overlay_path over
+ * the current top (image_create_overlay's rules), drain the LUN, flush,
+ * switch the LUN to the overlay, close the old top (it stays the
+ * overlay's read-only backing file), and persist the new cfgstring.
+ * cluster_size 0 = the top's.  On failure before the switch nothing
+ * changed and no file is left. */
+int qlun_dev_snapshot_create(struct qlun_dev *d, const char *overlay_path,
+                             uint32_t cluster_size, char *err, size_t errlen);
+/* Internal snapshot of the top image, made or deleted with the LUN
+ * drained. */
+int qlun_dev_snapshot_internal(struct qlun_dev *d, bool create,
+                               const char *name, char *err, size_t errlen);
 
 #endif

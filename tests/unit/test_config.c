@@ -1,6 +1,8 @@
 /* Unit tests: cfgstring parsing. */
 #include "handler/config.h"
 
+#include <errno.h>
+
 #include "check.h"
 
 static int parse(const char *s, struct qlun_config *cfg, char *err)
@@ -111,5 +113,33 @@ int main(void)
                 &cfg, err) < 0);
     CHECK(parse("qlun//a.img;backing_root=rel", &cfg, err) < 0);
     CHECK(parse(NULL, &cfg, err) < 0);
+
+    /* The cfgstring after an external snapshot: new path, format left to
+     * its default (the overlay is qcow2), serial and root explicit, every
+     * other option kept; it parses back to that. */
+    char out[QLUN_CFGSTRING_MAX + 1];
+    CHECK_EQ(qlun_config_with_top("qlun//d/a.img;format=raw;cache=none;"
+                                  "serial=old;soft_threshold=80%",
+                                  "/d/ov.qcow2", "s1", "/d", out,
+                                  sizeof(out)), 0);
+    CHECK(strcmp(out, "qlun//d/ov.qcow2;cache=none;soft_threshold=80%;"
+                      "serial=s1;backing_root=/d") == 0);
+    CHECK_EQ(parse(out, &cfg, err), 0);
+    CHECK(strcmp(cfg.path, "/d/ov.qcow2") == 0 &&
+          strcmp(cfg.format, "qcow2") == 0 && cfg.cache == QLUN_CACHE_NONE &&
+          strcmp(cfg.serial, "s1") == 0 &&
+          strcmp(cfg.backing_root, "/d") == 0);
+    CHECK_EQ(qlun_config_with_top("qlun//a.img", "/b.qcow2", "0123abcd", "/",
+                                  out, sizeof(out)), 0);
+    CHECK(strcmp(out, "qlun//b.qcow2;serial=0123abcd;backing_root=/") == 0);
+    /* What LIO cannot keep, or the parser could not read back. */
+    char longpath[300];
+    memset(longpath, 'x', sizeof(longpath) - 1);
+    longpath[0] = '/';
+    longpath[sizeof(longpath) - 1] = 0;
+    CHECK_EQ(qlun_config_with_top("qlun//a.img", longpath, "s", "/", out,
+                                  sizeof(out)), -ENAMETOOLONG);
+    CHECK_EQ(qlun_config_with_top("qlun//a.img", "/a;b", "s", "/", out,
+                                  sizeof(out)), -EINVAL);
     return check_summary("test_config");
 }
