@@ -87,7 +87,7 @@ int image_create_overlay(const struct image *top, const char *top_path,
 {
     char dir[PATH_MAX], real_top[PATH_MAX], real_root[PATH_MAX];
     char file[PATH_MAX + 256], backing[PATH_MAX];
-    const char *base;
+    const char *base = NULL;
     int ret = resolve_parent(overlay_path, dir, &base, err, errlen);
     if (ret < 0)
         return ret;

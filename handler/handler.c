@@ -44,6 +44,56 @@
  * code waits on the in-flight count that only its queue keeps. */
 #define QLUN_WORKER_THREADS_DEFAULT 64
 
+/* The backstore's configfs directory, from the UIO device's name, which
+ * the kernel sets to "tcm-user/<hba>/<backstore>/<cfgstring>". */
+static int backstore_dir(struct tcmu_device *dev, char *out, size_t len)
+{
+    char path[128], name[512];
+    snprintf(path, sizeof(path), "/sys/class/uio/%s/name",
+             tcmu_dev_get_uio_name(dev));
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return -errno;
+    bool ok = fgets(name, sizeof(name), f) != NULL;
+    fclose(f);
+    unsigned hba;
+    int n = 0;
+    if (!ok || sscanf(name, "tcm-user/%u/%n", &hba, &n) != 1 || n == 0)
+        return -EINVAL;
+    const char *bs = name + n, *end = strchr(bs, '/');
+    if (!end || end == bs)
+        return -EINVAL;
+    snprintf(out, len, "/sys/kernel/config/target/core/user_%u/%.*s", hba,
+             (int)(end - bs), bs);
+    return 0;
+}
+
+/* d->persist: store the LUN's new cfgstring in LIO (attrib/dev_config),
+ * where `targetcli saveconfig` and a restarted tcmu-runner find it.  The
+ * kernel hands it to qlun_reconfig before taking it. */
+static int persist_cfgstring(void *opaque, const char *cfgstring, char *err,
+                             size_t errlen)
+{
+    struct tcmu_device *dev = opaque;
+    char dir[PATH_MAX], attr[PATH_MAX + 32];
+    int ret = backstore_dir(dev, dir, sizeof(dir));
+    if (ret == 0) {
+        snprintf(attr, sizeof(attr), "%s/attrib/dev_config", dir);
+        int fd = open(attr, O_WRONLY | O_CLOEXEC);
+        ret = fd < 0 ? -errno : 0;
+        if (fd >= 0 && write(fd, cfgstring, strlen(cfgstring)) < 0)
+            ret = -errno;
+        if (fd >= 0)
+            close(fd);
+    }
+    if (ret < 0)
+        snprintf(err, errlen, "the LUN now serves the new overlay, but "
+                 "storing its cfgstring in LIO failed (%s): after "
+                 "tcmu-runner restarts it would serve the old image; set "
+                 "the backstore's config to '%s'", strerror(-ret), cfgstring);
+    return ret;
+}
+
 static bool qlun_check_config(const char *cfgstring, char **reason)
 {
     struct qlun_config cfg;
@@ -97,56 +147,6 @@ static void qlun_close(struct tcmu_device *dev)
     if (ret < 0)
         tcmu_dev_err(dev, "qlun: closing %s failed: %s\n", path,
                      strerror(-ret));
-}
-
-/* The backstore's configfs directory, from the UIO device's name, which
- * the kernel sets to "tcm-user/<hba>/<backstore>/<cfgstring>". */
-static int backstore_dir(struct tcmu_device *dev, char *out, size_t len)
-{
-    char path[128], name[512];
-    snprintf(path, sizeof(path), "/sys/class/uio/%s/name",
-             tcmu_dev_get_uio_name(dev));
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return -errno;
-    bool ok = fgets(name, sizeof(name), f) != NULL;
-    fclose(f);
-    unsigned hba;
-    int n = 0;
-    if (!ok || sscanf(name, "tcm-user/%u/%n", &hba, &n) != 1 || n == 0)
-        return -EINVAL;
-    const char *bs = name + n, *end = strchr(bs, '/');
-    if (!end || end == bs)
-        return -EINVAL;
-    snprintf(out, len, "/sys/kernel/config/target/core/user_%u/%.*s", hba,
-             (int)(end - bs), bs);
-    return 0;
-}
-
-/* d->persist: store the LUN's new cfgstring in LIO (attrib/dev_config),
- * where `targetcli saveconfig` and a restarted tcmu-runner find it.  The
- * kernel hands it to qlun_reconfig before taking it. */
-static int persist_cfgstring(void *opaque, const char *cfgstring, char *err,
-                             size_t errlen)
-{
-    struct tcmu_device *dev = opaque;
-    char dir[PATH_MAX], attr[PATH_MAX + 32];
-    int ret = backstore_dir(dev, dir, sizeof(dir));
-    if (ret == 0) {
-        snprintf(attr, sizeof(attr), "%s/attrib/dev_config", dir);
-        int fd = open(attr, O_WRONLY | O_CLOEXEC);
-        ret = fd < 0 ? -errno : 0;
-        if (fd >= 0 && write(fd, cfgstring, strlen(cfgstring)) < 0)
-            ret = -errno;
-        if (fd >= 0)
-            close(fd);
-    }
-    if (ret < 0)
-        snprintf(err, errlen, "the LUN now serves the new overlay, but "
-                 "storing its cfgstring in LIO failed (%s): after "
-                 "tcmu-runner restarts it would serve the old image; set "
-                 "the backstore's config to '%s'", strerror(-ret), cfgstring);
-    return ret;
 }
 
 static int qlun_reconfig(struct tcmu_device *dev, struct tcmulib_cfg_info *cfg)
