@@ -8,6 +8,7 @@
  */
 #include <errno.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -26,8 +27,27 @@ static int resize_image(struct qlun_dev *d, uint64_t old_size,
     return image_resize(d->img, new_size, force, err, errlen);
 }
 
+/* One resize at a time (of any LUN: they are rare): the size a resize
+ * starts from must still be the LUN's when it drains, or two at once
+ * could turn one's grow into an unforced shrink. */
+static pthread_mutex_t resize_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static int resize_serialised(struct qlun_dev *d, uint64_t new_size,
+                             bool force, bool report_ua, char *err,
+                             size_t errlen);
+
 static int resize(struct qlun_dev *d, uint64_t new_size, bool force,
                   bool report_ua, char *err, size_t errlen)
+{
+    pthread_mutex_lock(&resize_lock);
+    int ret = resize_serialised(d, new_size, force, report_ua, err, errlen);
+    pthread_mutex_unlock(&resize_lock);
+    return ret;
+}
+
+static int resize_serialised(struct qlun_dev *d, uint64_t new_size,
+                             bool force, bool report_ua, char *err,
+                             size_t errlen)
 {
     if (errlen)
         err[0] = 0;

@@ -99,8 +99,20 @@ static void test_lun_resize(void)
     CHECK_EQ(run(lun, c, 10, buf, 512), SCSI_STATUS_GOOD);
     CHECK_EQ(read_capacity16(lun), 24576);
 
+    /* Another image swapped in under the drain serves the next command. */
+    struct memimage *m2 = memimage_new(16 << 20);
+    memset(m2->data, 0x2b, 512);
+    scsi_lun_drain_begin(lun);
+    scsi_lun_set_image(lun, &m2->img);
+    scsi_lun_drain_end(lun);
+    cdb_rw10(c, 0x28, 0, 1);
+    CHECK_EQ(run(lun, c, 10, buf, 512), SCSI_STATUS_GOOD);
+    CHECK_EQ(buf[0], 0x2b);
+    CHECK_EQ(buf[511], 0x2b);
+
     scsi_lun_free(lun);
     image_close(&m->img);
+    image_close(&m2->img);
 }
 
 /* ---- writes from threads across resizes ---- */
