@@ -14,7 +14,9 @@
  *      valid image;
  *   4. only then give the old L1's clusters back (nothing on disk points
  *      to them any more);
- *   5. the size (offset 24), flush.
+ *   5. what would show past the old end (a longer backing file, the tail
+ *      of a partial last cluster) made to read zeros, flushed;
+ *   6. the size (offset 24), flush.
  * The new L1 is exactly as long as the new size needs, as qemu-img resize
  * makes it.
  *
@@ -262,40 +264,31 @@ static int write_size(struct qcow2 *q, uint64_t size)
     return ret;
 }
 
-static int resize_locked(struct qcow2 *q, uint64_t new_size, bool force,
-                         char *err, size_t errlen)
+/* Check, then give the L1 the length the new size needs (durable).
+ * Lock held. */
+static int prepare_l1(struct qcow2 *q, uint64_t new_size, bool force,
+                      char *err, size_t errlen)
 {
     int ret = check_resize(q, new_size, force, err, errlen);
     if (ret < 0)
         return ret;
     ret = qcow2_prepare_write(q);
     uint64_t need = l1_entries_for(q, new_size);
-    if (ret == 0 && need > q->l1_size) {
+    if (ret == 0 && need > q->l1_size)
         ret = grow_l1(q, (uint32_t)need);
-        if (ret < 0) {
-            snprintf(err, errlen, "cannot grow the L1 table to %" PRIu64
-                     " entries: %s", need, strerror(-ret));
-            return ret;
-        }
-    }
-    if (ret == 0)
-        ret = write_size(q, new_size);
-    if (ret < 0) {
-        snprintf(err, errlen, "cannot write the new size: %s",
-                 strerror(-ret));
-        return ret;
-    }
-    if (new_size < q->img.size)
-        snprintf(err, errlen, "shrunk from %" PRIu64 " to %" PRIu64
-                 " bytes (forced); nothing past the new end was allocated",
-                 q->img.size, new_size);
-    q->img.size = new_size;
-    return 0;
+    if (ret < 0)
+        snprintf(err, errlen, "cannot grow the L1 table to %" PRIu64
+                 " entries: %s", need, strerror(-ret));
+    return ret;
 }
 
-/* After growing from old: what lies past the old end must read as zeros.
- * The backing file may be longer than the old size, and the old last
- * cluster, if partial, may hold bytes past the old end: zero both. */
+/* Growing from old: what lies past the old end must read as zeros.  The
+ * backing file may be longer than the old size, and the old last cluster,
+ * if partial, may hold bytes past the old end: zero both, durably.  Done
+ * before the new size is on disk, so that no crash shows those bytes;
+ * q->img.size is already the new size in memory (image_zero checks
+ * against it), which no one else reads meanwhile: the caller drained the
+ * image's I/O. */
 static int zero_exposed(struct qcow2 *q, uint64_t old)
 {
     uint64_t end = ALIGN_UP(old, q->cluster_size);
@@ -317,15 +310,35 @@ int qcow2_resize(struct image *img, uint64_t new_size, bool force,
     /* The caller has drained the image's I/O, but the lock keeps the
      * rules of qcow2-internal.h true whoever else looks. */
     pthread_mutex_lock(&q->lock);
-    uint64_t old = q->img.size;
-    int ret = resize_locked(q, new_size, force, err, errlen);
+    const uint64_t old = q->img.size;
+    int ret = prepare_l1(q, new_size, force, err, errlen);
+    if (ret == 0 && new_size > old)
+        q->img.size = new_size;
     pthread_mutex_unlock(&q->lock);
-    if (ret == 0 && new_size > old) {
+    if (ret < 0)
+        return ret;
+    if (new_size > old) {
         ret = zero_exposed(q, old);
         if (ret < 0)
-            snprintf(err, errlen, "grown to %" PRIu64 " bytes, but zeroing "
-                     "what lay past the old end failed: %s", new_size,
+            snprintf(err, errlen, "cannot zero what lay past the old end: "
+                     "%s", strerror(-ret));
+    }
+    pthread_mutex_lock(&q->lock);
+    if (ret == 0) {
+        ret = write_size(q, new_size);
+        if (ret < 0)
+            snprintf(err, errlen, "cannot write the new size: %s",
                      strerror(-ret));
     }
+    if (ret < 0) {
+        q->img.size = old;
+    } else {
+        if (new_size < old)
+            snprintf(err, errlen, "shrunk from %" PRIu64 " to %" PRIu64
+                     " bytes (forced); nothing past the new end was "
+                     "allocated", old, new_size);
+        q->img.size = new_size;
+    }
+    pthread_mutex_unlock(&q->lock);
     return ret;
 }

@@ -12,6 +12,8 @@
  *  - no refcount write-back before the switch: crash images that
  *    qemu-img check calls corrupt (the new L1's clusters have refcount 0);
  *  - no zeroing past the old end: the backing file's data shows there;
+ *  - that zeroing done after the new size was written (as first written):
+ *    crash images of the new size that show the backing file's data;
  *  - no check for data past the new end of a forced shrink: the shrink
  *    over data at 5M succeeds;
  *  - no refusal to shrink an image with snapshots: that shrink succeeds;
@@ -466,15 +468,23 @@ static void crash_point(const struct file *durable, const size_t *pend,
     free(w.b);
 }
 
-static void crash_one(unsigned cluster, bool lazy)
+/* backing: over a 4M raw file of 0x77, which must never show past the
+ * old end (1M), whatever the crash. */
+static void crash_one(unsigned cluster, bool lazy, bool backing)
 {
-    char img[4300], err[512];
+    char img[4300], err[512], back[64] = "";
     snprintf(img, sizeof(img), "%s/grow-crash.qcow2", dir);
     crash.old = 1 << 20;
     crash.new = cluster == 512 ? 64 << 20 : 8ull << 30;
-    if (!qt_must("qemu-img create -q -f qcow2 -o cluster_size=%u%s '%s' %"
-                 PRIu64, cluster, lazy ? ",lazy_refcounts=on" : "", img,
-                 crash.old) ||
+    if (backing) {
+        if (!qt_must("cd '%s' && qemu-img create -q -f raw base.raw 4M && "
+                     "qemu-io -f raw -c 'write -P 0x77 0 4M' base.raw", dir))
+            return;
+        snprintf(back, sizeof(back), "-b base.raw -F raw");
+    }
+    if (!qt_must("cd '%s' && qemu-img create -q -f qcow2 -o cluster_size=%u%s "
+                 "%s '%s' %" PRIu64, dir, cluster,
+                 lazy ? ",lazy_refcounts=on" : "", back, img, crash.old) ||
         !qt_must("qemu-io -f qcow2 -c 'write -P 0x3c 0 64k' -c 'write -P "
                  "0x3d %" PRIu64 " 4k' '%s'", crash.old - 4096, img))
         return;
@@ -511,9 +521,10 @@ static void crash_one(unsigned cluster, bool lazy)
     snprintf(path, sizeof(path), "%s/crash.qcow2", dir);
     if (info_virtual_size(path) != (int64_t)crash.new)
         QT_FAIL("after every op of the grow the size is not the new one");
-    printf("grow crash, %u-byte clusters%s: %zu host ops, %u sync points, "
-           "%u crash images, %u bad\n", cluster, lazy ? ", lazy" : "", nops,
-           points, crash.images, crash.bad);
+    printf("grow crash, %u-byte clusters%s%s: %zu host ops, %u sync "
+           "points, %u crash images, %u bad\n", cluster, lazy ? ", lazy" : "",
+           backing ? ", raw backing file" : "", nops, points, crash.images,
+           crash.bad);
     for (size_t i = 0; i < nops; i++)
         free(ops[i].data);
     nops = 0;
@@ -529,9 +540,10 @@ static void test_crash(void)
     host_sys.ftruncate = rec_ftruncate;
     host_sys.fdatasync = rec_fdatasync;
     host_sys.fallocate = rec_fallocate;
-    crash_one(512, false);
-    crash_one(65536, false);
-    crash_one(65536, true);
+    crash_one(512, false, false);
+    crash_one(65536, false, false);
+    crash_one(65536, true, false);
+    crash_one(65536, false, true);
     host_sys = saved;
     free(ops);
 }
