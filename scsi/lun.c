@@ -196,7 +196,7 @@ static bool reports_unit_attention(uint8_t opcode)
     return opcode != 0x12 && opcode != 0xa0 && opcode != 0x03;
 }
 
-static int exec_drained(struct scsi_lun *lun, struct scsi_cmd *cmd);
+static int exec_command(struct scsi_lun *lun, struct scsi_cmd *cmd);
 
 /* Every command holds the drain shared for its whole run (see
  * scsi_lun_drain_begin).  Uncontended, that is one atomic add and one
@@ -205,12 +205,12 @@ int scsi_lun_exec(struct scsi_lun *lun, struct scsi_cmd *cmd)
 {
     assert(lun && cmd && cmd->cdb);
     pthread_rwlock_rdlock(&lun->drain_lock);
-    int st = exec_drained(lun, cmd);
+    int st = exec_command(lun, cmd);
     pthread_rwlock_unlock(&lun->drain_lock);
     return st;
 }
 
-static int exec_drained(struct scsi_lun *lun, struct scsi_cmd *cmd)
+static int exec_command(struct scsi_lun *lun, struct scsi_cmd *cmd)
 {
     cmd->sense_len = 0;
     cmd->data_in_len = 0;
