@@ -5,6 +5,7 @@
 #include <assert.h>
 #include <stdatomic.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -161,6 +162,31 @@ int64_t image_allocated_bytes(struct image *img)
     if (!img->ops->allocated_bytes)
         return -ENOTSUP;
     return img->ops->allocated_bytes(img);
+}
+
+int image_resize(struct image *img, uint64_t new_size, bool force,
+                 char *err, size_t errlen)
+{
+    if (errlen)
+        err[0] = 0;
+    if (new_size % 512 || new_size == 0) {
+        snprintf(err, errlen, "new size %" PRIu64 " is not a positive "
+                 "multiple of 512 bytes", new_size);
+        return -EINVAL;
+    }
+    if (new_size == img->size)
+        return 0;
+    int ret = check_writable(img);
+    if (ret < 0) {
+        snprintf(err, errlen, "the image is %s", img->info.read_only
+                 ? "read-only" : "write-protected (found corrupt)");
+        return ret;
+    }
+    if (!img->ops->resize) {
+        snprintf(err, errlen, "%s images cannot be resized", img->info.format);
+        return -ENOTSUP;
+    }
+    return img->ops->resize(img, new_size, force, err, errlen);
 }
 
 int image_close(struct image *img)

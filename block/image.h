@@ -89,6 +89,18 @@ struct image_ops {
     int64_t (*allocated_bytes)(struct image *img);
     /* Release everything; a clean close (flush, clear dirty state). */
     int (*close)(struct image *img);
+    /* Make the virtual size new_size (image_resize() has checked it: a
+     * multiple of 512, not the current size, the image writable).  Growing:
+     * the new range reads as zeros, never as a backing file's data.
+     * Shrinking only with force, and never dropping data the format can
+     * tell is there; what a forced shrink drops is said in err (a note
+     * for the log, also on success).  Durable before it returns: a crash
+     * leaves the old size or the new one, both valid.  Called with no
+     * other operation in flight on img.  On failure the size is
+     * unchanged and err names the cause.  Optional: without it,
+     * image_resize() says -ENOTSUP. */
+    int (*resize)(struct image *img, uint64_t new_size, bool force,
+                  char *err, size_t errlen);
 };
 
 /* Run-time state bits (image_state()).  A driver sets them with
@@ -146,6 +158,11 @@ int image_discard(struct image *img, uint64_t off, uint64_t len);
 int image_block_status(struct image *img, uint64_t off, uint64_t len,
                        enum image_extent_kind *kind, uint64_t *extent_len);
 int64_t image_allocated_bytes(struct image *img);
+/* Change the virtual size (see image_ops.resize); no other operation may
+ * be in flight on img.  Returns 0 or a negative errno; err holds one line:
+ * the cause of a failure, or a note after a forced shrink (else empty). */
+int image_resize(struct image *img, uint64_t new_size, bool force,
+                 char *err, size_t errlen);
 /* IMAGE_STATE_* bits set so far. */
 unsigned image_state(const struct image *img);
 /* For drivers: set state bits (never clears). */

@@ -1,5 +1,6 @@
 /* qlun — the raw format: image byte N is host byte N. */
 #include <errno.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -61,6 +62,54 @@ static int64_t raw_allocated_bytes(struct image *img)
     return host_allocated_bytes(raw_host(img));
 }
 
+/* Resize.  A raw image's size is its host's: a file is truncated to the
+ * new size; a block device is not changed, the image may only use up to
+ * what it has now (it may have grown since open: lvextend, losetup -c).
+ * A raw file has no notion of allocated data, so a forced shrink simply
+ * drops what was past the new end, and says so. */
+static int raw_resize(struct image *img, uint64_t new_size, bool force,
+                      char *err, size_t errlen)
+{
+    struct host *h = raw_host(img);
+    uint64_t old = img->size;
+    if (new_size < old && !force) {
+        snprintf(err, errlen, "shrinking from %" PRIu64 " to %" PRIu64
+                 " bytes refused: it drops the data past the new end "
+                 "(force it if that is meant)", old, new_size);
+        return -EINVAL;
+    }
+    if (h->is_blockdev) {
+        int64_t dev = host_size(h);
+        if (dev < 0) {
+            snprintf(err, errlen, "cannot get the device size: %s",
+                     strerror((int)-dev));
+            return (int)dev;
+        }
+        if (new_size > (uint64_t)dev) {
+            snprintf(err, errlen, "the device holds %" PRId64 " bytes, fewer "
+                     "than the %" PRIu64 " asked for; grow the device first",
+                     dev, new_size);
+            return -ENOSPC;
+        }
+    } else {
+        int ret = host_truncate(h, new_size);
+        if (ret == 0)
+            ret = host_flush(h);
+        if (ret < 0) {
+            snprintf(err, errlen, "cannot change the file size to %" PRIu64
+                     ": %s", new_size, strerror(-ret));
+            return ret;
+        }
+    }
+    if (new_size < old)
+        snprintf(err, errlen, "shrunk from %" PRIu64 " to %" PRIu64 " bytes "
+                 "(forced): the data past the new end is %s", old, new_size,
+                 h->is_blockdev ? "no longer served (still on the device)"
+                                : "gone");
+    img->size = new_size;
+    return 0;
+}
+
 static int raw_close(struct image *img)
 {
     struct raw_image *r = (struct raw_image *)img;
@@ -80,6 +129,7 @@ static const struct image_ops raw_ops = {
     .block_status = raw_block_status,
     .allocated_bytes = raw_allocated_bytes,
     .close = raw_close,
+    .resize = raw_resize,
 };
 
 int raw_open(const struct image_open_opts *opts, struct image **out,

@@ -85,6 +85,7 @@ int qlun_dev_open(const struct qlun_dev_params *p, struct qlun_dev **out,
         goto fail;
     }
 
+    d->block_size = p->block_size;
     pick_serial(&d->cfg, d->serial, sizeof(d->serial));
     struct scsi_lun_config lc = {
         .img = d->img,

@@ -34,6 +34,7 @@ struct qlun_dev {
     void *persist_opaque;
     struct scsi_lun *lun;
     struct stats_file *stats;
+    uint32_t block_size;       /* the LUN's logical block size */
     char serial[QLUN_SERIAL_MAX + 1];
     char stats_path[PATH_MAX];
     /* Non-fatal trouble at open (e.g. statistics not published). */
@@ -44,6 +45,22 @@ struct qlun_dev {
  * naming the cause into err. */
 int qlun_dev_open(const struct qlun_dev_params *p, struct qlun_dev **out,
                   char *err, size_t errlen);
+
+/* Online resize to new_size bytes (a multiple of the block size): drains
+ * the LUN (commands in flight finish, new ones wait), resizes the image
+ * where the LUN would pass its end (image_resize: shrinking needs force
+ * and never drops data the format knows of), then the LUN, which reports
+ * UNIT ATTENTION 2A/09 once.  On failure nothing changed and err names
+ * the cause; on success err may hold a note (what a forced shrink did),
+ * else it is empty.  May be called from any thread but a command's. */
+int qlun_dev_resize(struct qlun_dev *d, uint64_t new_size, bool force,
+                    char *err, size_t errlen);
+
+/* The same for a size set through LIO (configfs attrib/dev_size, which
+ * reaches tcmu-runner as a reconfig): never a shrink, and without the
+ * unit attention, which tcmu-runner raises itself once this returns 0. */
+int qlun_dev_reconfig_size(struct qlun_dev *d, uint64_t new_size,
+                           char *err, size_t errlen);
 
 /* Close and free; returns the image's close status (a clean close flushes
  * and, for qcow2, clears the dirty state).  NULL is a no-op. */

@@ -149,6 +149,28 @@ static void qlun_close(struct tcmu_device *dev)
                      strerror(-ret));
 }
 
+/* A new dev_size written into LIO's configfs (attrib/dev_size of the
+ * backstore; targetcli: set attribute dev_size=BYTES) while the LUN is
+ * enabled: the kernel sends it to tcmu-runner, which calls this and, if it
+ * returns 0, records the new size and raises UNIT ATTENTION 2A/09 itself
+ * (so we do not); a non-zero return fails the configfs write, and the
+ * kernel keeps the old dev_size.  Shrinking this way is refused: there is
+ * no way to say "force" through a size attribute. */
+static int reconfig_size(struct tcmu_device *dev, struct qlun_dev *q,
+                         uint64_t size)
+{
+    char err[512];
+    int ret = qlun_dev_reconfig_size(q, size, err, sizeof(err));
+    if (ret < 0) {
+        tcmu_dev_err(dev, "qlun: resize of %s to %" PRIu64 " bytes refused: "
+                     "%s\n", q->cfg.path, size, err);
+        return ret;
+    }
+    tcmu_dev_info(dev, "qlun: %s resized to %" PRIu64 " bytes%s%s\n",
+                  q->cfg.path, size, err[0] ? ": " : "", err);
+    return 0;
+}
+
 static int qlun_reconfig(struct tcmu_device *dev, struct tcmulib_cfg_info *cfg)
 {
     struct qlun_dev *q = tcmur_dev_get_private(dev);
@@ -161,9 +183,7 @@ static int qlun_reconfig(struct tcmu_device *dev, struct tcmulib_cfg_info *cfg)
                       "initiator controls WCE\n", cfg->data.write_cache);
         return 0;
     case TCMULIB_CFG_DEV_SIZE:
-        tcmu_dev_err(dev, "qlun: online resize of %s is not supported yet\n",
-                     q->cfg.path);
-        return -EOPNOTSUPP;
+        return reconfig_size(dev, q, cfg->data.dev_size);
     case TCMULIB_CFG_DEV_CFGSTR:
         /* What persist_cfgstring stores after a snapshot: it describes
          * the LUN as it already is. */

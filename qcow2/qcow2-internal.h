@@ -14,6 +14,7 @@
  *   compress.c  zlib (raw deflate) and zstd decompression of one cluster
  *   io.c        readv/writev/zero/discard/block_status/flush/close,
  *               the guest range lock
+ *   resize.c    changing the virtual size (L1 growth, guarded shrink)
  *
  * Locking.  q->lock (the "metadata lock") protects every field below that
  * is not constant after open: the L1 table, the refcount table, both
@@ -385,6 +386,12 @@ int qcow2_check_data_target(struct qcow2 *q, uint64_t off, uint64_t len);
  * (cluster_size bytes).  Reads the host without the lock.  Malformed data
  * → -EUCLEAN (the caller marks the image corrupt). */
 int qcow2_decompress_cluster(struct qcow2 *q, uint64_t entry, uint8_t *out);
+
+/* ---- resize.c ---- */
+
+/* image_ops.resize (block/image.h). */
+int qcow2_resize(struct image *img, uint64_t new_size, bool force,
+                 char *err, size_t errlen);
 
 /* ---- io.c ---- */
 

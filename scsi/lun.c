@@ -73,6 +73,13 @@ int scsi_lun_new(const struct scsi_lun_config *cfg, struct scsi_lun **out)
     pthread_rwlockattr_setkind_np(&attr,
                                   PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
     int ret = pthread_rwlock_init(&lun->write_lock, &attr);
+    /* Writer preference here too: a drain must not wait for a gap in a
+     * busy LUN's stream of commands that never comes. */
+    if (ret == 0) {
+        ret = pthread_rwlock_init(&lun->drain_lock, &attr);
+        if (ret)
+            pthread_rwlock_destroy(&lun->write_lock);
+    }
     pthread_rwlockattr_destroy(&attr);
     if (ret) {
         free(lun);
@@ -86,8 +93,72 @@ void scsi_lun_free(struct scsi_lun *lun)
 {
     if (!lun)
         return;
+    pthread_rwlock_destroy(&lun->drain_lock);
     pthread_rwlock_destroy(&lun->write_lock);
     free(lun);
+}
+
+void scsi_lun_drain_begin(struct scsi_lun *lun)
+{
+    pthread_rwlock_wrlock(&lun->drain_lock);
+    lun->draining = true;
+}
+
+void scsi_lun_drain_end(struct scsi_lun *lun)
+{
+    assert(lun->draining);
+    lun->draining = false;
+    pthread_rwlock_unlock(&lun->drain_lock);
+}
+
+void scsi_lun_set_capacity(struct scsi_lun *lun, uint64_t new_num_blocks)
+{
+    assert(lun->draining);
+    assert(new_num_blocks > 0);
+    assert(new_num_blocks <= lun->img->size >> lun->block_shift);
+    lun->num_blocks = new_num_blocks;
+}
+
+void scsi_lun_resize(struct scsi_lun *lun, uint64_t new_num_blocks)
+{
+    if (new_num_blocks == lun->num_blocks)
+        return;
+    scsi_lun_set_capacity(lun, new_num_blocks);
+    scsi_lun_raise_ua(lun, LUN_UA_CAPACITY_CHANGED);
+}
+
+void scsi_lun_set_image(struct scsi_lun *lun, struct image *img)
+{
+    assert(lun->draining);
+    assert(img && lun->num_blocks <= img->size >> lun->block_shift);
+    lun->img = img;
+}
+
+uint64_t scsi_lun_num_blocks(struct scsi_lun *lun)
+{
+    pthread_rwlock_rdlock(&lun->drain_lock);
+    uint64_t n = lun->num_blocks;
+    pthread_rwlock_unlock(&lun->drain_lock);
+    return n;
+}
+
+void scsi_lun_raise_ua(struct scsi_lun *lun, enum lun_ua ua)
+{
+    atomic_fetch_or(&lun->pending_ua, (unsigned)ua);
+}
+
+/* Take one pending unit attention (lowest bit first) and return its
+ * ASC/ASCQ, or 0 if none is pending. */
+static int take_unit_attention(struct scsi_lun *lun)
+{
+    unsigned set = atomic_load(&lun->pending_ua);
+    while (set) {
+        unsigned bit = set & -set;
+        if (atomic_compare_exchange_weak(&lun->pending_ua, &set, set & ~bit))
+            return bit == LUN_UA_CAPACITY_CHANGED ? ASC_CAPACITY_DATA_CHANGED
+                                                  : ASC_SOFT_THRESHOLD_REACHED;
+    }
+    return 0;
 }
 
 int scsi_data_in(struct scsi_cmd *cmd, const void *buf, size_t len,
@@ -115,7 +186,7 @@ void scsi_check_soft_threshold(struct scsi_lun *lun)
     if (used < 0 || (uint64_t)used < lun->soft_threshold)
         return;
     if (!atomic_exchange(&lun->threshold_reported, true))
-        atomic_store(&lun->pending_ua, ASC_SOFT_THRESHOLD_REACHED);
+        scsi_lun_raise_ua(lun, LUN_UA_SOFT_THRESHOLD);
 }
 
 /* Commands that report a pending unit attention rather than run
@@ -125,9 +196,22 @@ static bool reports_unit_attention(uint8_t opcode)
     return opcode != 0x12 && opcode != 0xa0 && opcode != 0x03;
 }
 
+static int exec_command(struct scsi_lun *lun, struct scsi_cmd *cmd);
+
+/* Every command holds the drain shared for its whole run (see
+ * scsi_lun_drain_begin).  Uncontended, that is one atomic add and one
+ * atomic sub on a cache line the LUN's commands already share. */
 int scsi_lun_exec(struct scsi_lun *lun, struct scsi_cmd *cmd)
 {
     assert(lun && cmd && cmd->cdb);
+    pthread_rwlock_rdlock(&lun->drain_lock);
+    int st = exec_command(lun, cmd);
+    pthread_rwlock_unlock(&lun->drain_lock);
+    return st;
+}
+
+static int exec_command(struct scsi_lun *lun, struct scsi_cmd *cmd)
+{
     cmd->sense_len = 0;
     cmd->data_in_len = 0;
     if (cmd->cdb_len == 0)
@@ -138,7 +222,7 @@ int scsi_lun_exec(struct scsi_lun *lun, struct scsi_cmd *cmd)
 
     int st;
     if (reports_unit_attention(opcode) && atomic_load(&lun->pending_ua)) {
-        int asc = atomic_exchange(&lun->pending_ua, 0);
+        int asc = take_unit_attention(lun);
         if (asc) {
             st = scsi_fail(cmd, SK_UNIT_ATTENTION, (enum sense_asc)asc);
             goto out;

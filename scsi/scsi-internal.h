@@ -75,8 +75,17 @@ struct scsi_lun {
      * writers hold this shared, COMPARE AND WRITE holds it exclusive. */
     pthread_rwlock_t write_lock;
 
-    /* One pending unit attention (ASC/ASCQ), reported once. */
-    atomic_int pending_ua;
+    /* Drain: every command holds it shared from start to end;
+     * scsi_lun_drain_begin holds it exclusive, so that nothing runs while
+     * the capacity or the image changes.  num_blocks and img change only
+     * under it exclusive, which is why commands read them without atomics. */
+    pthread_rwlock_t drain_lock;
+    bool draining;             /* between drain_begin and drain_end */
+
+    /* Pending unit attentions, a set of LUN_UA_* bits: each is reported
+     * once, by the next command that reports unit attentions, so that one
+     * condition never hides another. */
+    atomic_uint pending_ua;
     uint64_t soft_threshold;   /* bytes of host usage; 0 = none */
     atomic_bool threshold_reported;
     atomic_uint writes_since_check;
@@ -125,6 +134,14 @@ bool scsi_opcode_known(uint8_t opcode);
 int spc_report_supported_opcodes(struct scsi_lun *lun, struct scsi_cmd *cmd);
 
 /* --- lun.c --- */
+/* Unit attention conditions a LUN can have pending (lun->pending_ua).
+ * Reported lowest bit first. */
+enum lun_ua {
+    LUN_UA_CAPACITY_CHANGED = 1u << 0, /* 2A/09, after a resize */
+    LUN_UA_SOFT_THRESHOLD = 1u << 1,   /* 38/07, thin provisioning */
+};
+/* Make ua pending (once: raising it twice reports it once). */
+void scsi_lun_raise_ua(struct scsi_lun *lun, enum lun_ua ua);
 /* Count bytes in the statistics (kind: one of the stats fields). */
 #define scsi_stat_add(lun, field, n) \
     atomic_fetch_add_explicit(&(lun)->stats.field, (n), memory_order_relaxed)

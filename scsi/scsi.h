@@ -5,7 +5,8 @@
  * and nothing else.  Unit tests drive it directly.
  *
  * A struct scsi_lun is safe to use from many threads at once: commands may
- * execute concurrently (the image serialises what it must).
+ * execute concurrently (the image serialises what it must).  What they all
+ * read (capacity, image) changes only under the drain (below).
  */
 #ifndef QLUN_SCSI_SCSI_H
 #define QLUN_SCSI_SCSI_H
@@ -67,6 +68,37 @@ void scsi_lun_free(struct scsi_lun *lun);
 
 /* Execute one command to completion; returns an enum scsi_status. */
 int scsi_lun_exec(struct scsi_lun *lun, struct scsi_cmd *cmd);
+
+/* The drain.  scsi_lun_drain_begin waits until every command already in
+ * scsi_lun_exec has returned and holds off new ones (they wait in
+ * scsi_lun_exec, they are not failed) until scsi_lun_drain_end.  So no
+ * command runs between begin and end: the caller may change what commands
+ * read (the capacity, the image) without any other lock.  Not recursive,
+ * and never call scsi_lun_exec on the same LUN from the draining thread
+ * in between (it would wait for itself). */
+void scsi_lun_drain_begin(struct scsi_lun *lun);
+void scsi_lun_drain_end(struct scsi_lun *lun);
+
+/* Under the drain: the LUN now has new_num_blocks blocks (the image must
+ * already hold them: new_num_blocks * block_size <= image size).  READ
+ * CAPACITY, range checks, GET LBA STATUS and MODE SENSE answer the new
+ * size from now on, and if it changed the next command that reports unit
+ * attentions gets UNIT ATTENTION, CAPACITY DATA HAS CHANGED (2A/09), once.
+ * Once per LUN, not per I_T nexus: a TCMU handler does not know which
+ * initiator sent a command (README, "Online resize"). */
+void scsi_lun_resize(struct scsi_lun *lun, uint64_t new_num_blocks);
+/* The same without the unit attention: for a transport that reports the
+ * capacity change itself (tcmu-runner does after a dev_size reconfig). */
+void scsi_lun_set_capacity(struct scsi_lun *lun, uint64_t new_num_blocks);
+
+/* Under the drain: serve img from now on (img borrowed, as in
+ * scsi_lun_config; the caller closes the old one after drain_end).  It
+ * must hold at least num_blocks blocks. */
+void scsi_lun_set_image(struct scsi_lun *lun, struct image *img);
+
+/* The LUN's capacity in blocks (a snapshot).  Takes the drain shared:
+ * never from the draining thread between begin and end. */
+uint64_t scsi_lun_num_blocks(struct scsi_lun *lun);
 
 /* Per-LUN statistics, counted since the LUN was created. */
 struct scsi_lun_stats {

@@ -318,6 +318,48 @@ static void test_qcow2_device(void)
     CHECK(rc == 0 || rc == 3);
 }
 
+/* A raw LUN on a device grows up to the device and never past it; once
+ * the device itself grew (losetup -c after growing its file, as lvextend
+ * would), the LUN can follow. */
+static void test_resize_device(void)
+{
+    char err[1024], cfg[512], file[512];
+    struct qlun_dev *d;
+    const char *dev = loop_new("grow.img", "");
+    CHECK(dev != NULL);
+    if (!dev)
+        return;
+    snprintf(cfg, sizeof(cfg), "qlun/%s;format=raw;stats=off", dev);
+    struct qlun_dev_params p = { cfg, 512, DEV_SIZE / 2 / 512, 1024 };
+    if (qlun_dev_open(&p, &d, err, sizeof(err)) < 0) {
+        CHECK(!"open");
+        fprintf(stderr, "open %s: %s\n", dev, err);
+        return;
+    }
+    CHECK_EQ(qlun_dev_resize(d, DEV_SIZE, false, err, sizeof(err)), 0);
+    CHECK_EQ(scsi_lun_num_blocks(d->lun), DEV_SIZE / 512);
+    CHECK_EQ(qlun_dev_resize(d, DEV_SIZE + 512, false, err, sizeof(err)),
+             -ENOSPC);
+    CHECK(strstr(err, "67108864") && strstr(err, "67109376"));
+    CHECK_EQ(scsi_lun_num_blocks(d->lun), DEV_SIZE / 512);
+    CHECK_EQ(d->img->size, DEV_SIZE);
+
+    snprintf(file, sizeof(file), "%s/grow.img", workdir);
+    CHECK_EQ(truncate(file, DEV_SIZE * 3 / 2), 0);
+    CHECK_EQ(run_cmd("losetup -c %s", dev), 0);
+    CHECK_EQ(qlun_dev_resize(d, DEV_SIZE * 3 / 2, false, err, sizeof(err)),
+             0);
+    CHECK_EQ(scsi_lun_num_blocks(d->lun), DEV_SIZE * 3 / 2 / 512);
+    CHECK_EQ(d->img->size, DEV_SIZE * 3 / 2);
+    /* Written at the new end, read back there. */
+    uint8_t b[512], r[512];
+    memset(b, 0x5e, sizeof(b));
+    CHECK_EQ(image_write(d->img, b, 512, DEV_SIZE * 3 / 2 - 512, 0), 0);
+    CHECK_EQ(image_read(d->img, r, 512, DEV_SIZE * 3 / 2 - 512), 0);
+    CHECK(memcmp(b, r, 512) == 0);
+    qlun_dev_close(d);
+}
+
 int main(void)
 {
     if (geteuid() != 0) {
@@ -334,5 +376,6 @@ int main(void)
     test_raw_device();
     test_device_refusals();
     test_qcow2_device();
+    test_resize_device();
     return check_summary("test_blockdev");
 }
