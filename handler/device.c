@@ -35,6 +35,7 @@ int qlun_dev_open(const struct qlun_dev_params *p, struct qlun_dev **out,
         snprintf(err, errlen, "out of memory");
         return -ENOMEM;
     }
+    pthread_mutex_init(&d->control_lock, NULL);
     ret = qlun_config_parse(p->cfgstring, &d->cfg, why, sizeof(why));
     if (ret < 0) {
         snprintf(err, errlen, "bad cfgstring: %s", why);
@@ -135,6 +136,7 @@ int qlun_dev_close(struct qlun_dev *d)
     stats_file_stop(d->stats);
     scsi_lun_free(d->lun);
     int ret = image_close(d->img);
+    pthread_mutex_destroy(&d->control_lock);
     free(d);
     return ret;
 }

@@ -6,6 +6,8 @@
 #ifndef QLUN_HANDLER_DEVICE_H
 #define QLUN_HANDLER_DEVICE_H
 
+#include <pthread.h>
+
 #include "block/image.h"
 #include "handler/config.h"
 #include "handler/stats_file.h"
@@ -26,12 +28,18 @@ struct qlun_dev {
     /* The cfgstring that reopens this LUN as it is now (it changes with
      * an external snapshot). */
     char cfgstring[QLUN_CFGSTRING_MAX + 1];
-    /* Store a changed cfgstring where tcmu-runner finds it after a
-     * restart (the handler: the backstore's configfs dev_config).  NULL
-     * in tests. */
-    int (*persist)(void *opaque, const char *cfgstring, char *err,
-                   size_t errlen);
+    /* Store a changed setting where tcmu-runner finds it after a restart
+     * (the handler: the backstore's configfs attribute attr, "dev_config"
+     * or "dev_size").  The kernel hands it back to the handler's reconfig
+     * before the write returns: call it without control_lock.  NULL in
+     * tests. */
+    int (*persist)(void *opaque, const char *attr, const char *value,
+                   char *err, size_t errlen);
     void *persist_opaque;
+    /* One change at a time (resize, snapshots): each looks at the LUN
+     * before it drains it, and what it saw must still hold then. */
+    pthread_mutex_t control_lock;
+    uint64_t last_drain_ns;       /* how long the last snapshot drained */
     struct scsi_lun *lun;
     struct stats_file *stats;
     uint32_t block_size;       /* the LUN's logical block size */

@@ -68,29 +68,30 @@ static int backstore_dir(struct tcmu_device *dev, char *out, size_t len)
     return 0;
 }
 
-/* d->persist: store the LUN's new cfgstring in LIO (attrib/dev_config),
- * where `targetcli saveconfig` and a restarted tcmu-runner find it.  The
- * kernel hands it to qlun_reconfig before taking it. */
-static int persist_cfgstring(void *opaque, const char *cfgstring, char *err,
-                             size_t errlen)
+/* d->persist: store a changed setting of the LUN in LIO (the backstore's
+ * attrib/dev_config or attrib/dev_size), where `targetcli saveconfig` and
+ * a restarted tcmu-runner find it.  The kernel hands it to qlun_reconfig
+ * before taking it. */
+static int persist_attr(void *opaque, const char *name, const char *value,
+                        char *err, size_t errlen)
 {
     struct tcmu_device *dev = opaque;
-    char dir[PATH_MAX], attr[PATH_MAX + 32];
+    char dir[PATH_MAX] = "?", attr[PATH_MAX + 32];
     int ret = backstore_dir(dev, dir, sizeof(dir));
     if (ret == 0) {
-        snprintf(attr, sizeof(attr), "%s/attrib/dev_config", dir);
+        snprintf(attr, sizeof(attr), "%s/attrib/%s", dir, name);
         int fd = open(attr, O_WRONLY | O_CLOEXEC);
         ret = fd < 0 ? -errno : 0;
-        if (fd >= 0 && write(fd, cfgstring, strlen(cfgstring)) < 0)
+        if (fd >= 0 && write(fd, value, strlen(value)) < 0)
             ret = -errno;
         if (fd >= 0)
             close(fd);
     }
     if (ret < 0)
-        snprintf(err, errlen, "the LUN now serves the new overlay, but "
-                 "storing its cfgstring in LIO failed (%s): after "
-                 "tcmu-runner restarts it would serve the old image; set "
-                 "the backstore's config to '%s'", strerror(-ret), cfgstring);
+        snprintf(err, errlen, "done, but storing %s=%s in LIO (%s/attrib) "
+                 "failed: %s; a restarted tcmu-runner would use the old "
+                 "value: set the backstore's %s to that", name, value, dir,
+                 strerror(-ret), name);
     return ret;
 }
 
@@ -124,7 +125,7 @@ static int qlun_open(struct tcmu_device *dev, bool reopen)
     }
     if (d->warning[0])
         tcmu_dev_warn(dev, "qlun: %s\n", d->warning);
-    d->persist = persist_cfgstring;
+    d->persist = persist_attr;
     d->persist_opaque = dev;
     tcmur_dev_set_private(dev, d);
     tcmu_dev_info(dev, "qlun: serving %s (%s%s), %" PRIu64 " x %u-byte "

@@ -27,11 +27,6 @@ static int resize_image(struct qlun_dev *d, uint64_t old_size,
     return image_resize(d->img, new_size, force, err, errlen);
 }
 
-/* One resize at a time (of any LUN: they are rare): the size a resize
- * starts from must still be the LUN's when it drains, or two at once
- * could turn one's grow into an unforced shrink. */
-static pthread_mutex_t resize_lock = PTHREAD_MUTEX_INITIALIZER;
-
 static int resize_serialised(struct qlun_dev *d, uint64_t new_size,
                              bool force, bool report_ua, char *err,
                              size_t errlen);
@@ -39,9 +34,12 @@ static int resize_serialised(struct qlun_dev *d, uint64_t new_size,
 static int resize(struct qlun_dev *d, uint64_t new_size, bool force,
                   bool report_ua, char *err, size_t errlen)
 {
-    pthread_mutex_lock(&resize_lock);
+    /* The size a resize starts from must still be the LUN's when it
+     * drains, or two at once could turn one's grow into an unforced
+     * shrink. */
+    pthread_mutex_lock(&d->control_lock);
     int ret = resize_serialised(d, new_size, force, report_ua, err, errlen);
-    pthread_mutex_unlock(&resize_lock);
+    pthread_mutex_unlock(&d->control_lock);
     return ret;
 }
 
@@ -85,7 +83,16 @@ static int resize_serialised(struct qlun_dev *d, uint64_t new_size,
 int qlun_dev_resize(struct qlun_dev *d, uint64_t new_size, bool force,
                     char *err, size_t errlen)
 {
-    return resize(d, new_size, force, true, err, errlen);
+    int ret = resize(d, new_size, force, true, err, errlen);
+    if (ret < 0 || !d->persist)
+        return ret;
+    /* LIO keeps the size too (attrib/dev_size): what targetcli saves and
+     * a restarted tcmu-runner opens the LUN with.  Outside the control
+     * lock: the kernel passes it back to us (qlun_dev_reconfig_size, a
+     * no-op now) before the write returns. */
+    char size[32];
+    snprintf(size, sizeof(size), "%" PRIu64, new_size);
+    return d->persist(d->persist_opaque, "dev_size", size, err, errlen);
 }
 
 int qlun_dev_reconfig_size(struct qlun_dev *d, uint64_t new_size,
