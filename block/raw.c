@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "driver.h"
 #include "host.h"
 #include "image.h"
 
@@ -66,7 +67,6 @@ static int raw_close(struct image *img)
     struct raw_image *r = (struct raw_image *)img;
     int ret = host_flush(&r->host);
     host_close(&r->host);
-    free(r);
     return ret;
 }
 
@@ -82,30 +82,22 @@ static const struct image_ops raw_ops = {
     .close = raw_close,
 };
 
-int raw_open(const struct image_open_opts *opts, struct image **out,
-             char *err, size_t errlen)
+static int raw_open(struct image *img, const struct image_open_opts *opts,
+                    char *err, size_t errlen)
 {
-    struct raw_image *r = calloc(1, sizeof(*r));
-    if (!r) {
-        snprintf(err, errlen, "out of memory");
-        return -ENOMEM;
-    }
+    struct raw_image *r = (struct raw_image *)img;
     unsigned flags = (opts->read_only ? HOST_READ_ONLY : 0) |
                      (opts->direct_io ? HOST_DIRECT : 0);
     int ret = host_open(&r->host, opts->path, flags, err, errlen);
-    if (ret < 0) {
-        free(r);
+    if (ret < 0)
         return ret;
-    }
     int64_t size = host_size(&r->host);
     if (size < 0) {
         snprintf(err, errlen, "cannot get the size of %s: %s", opts->path,
                  strerror((int)-size));
         host_close(&r->host);
-        free(r);
         return (int)size;
     }
-    r->img.ops = &raw_ops;
     r->img.size = (uint64_t)size;
     r->img.info = (struct image_info){
         .format = "raw",
@@ -123,6 +115,20 @@ int raw_open(const struct image_open_opts *opts, struct image **out,
          * devices scsi/ unmaps through zeroing instead. */
         .discard_zeroes = !r->host.is_blockdev && r->host.can_punch_hole,
     };
-    *out = &r->img;
     return 0;
 }
+
+/* Anything can be raw: the lowest score, chosen when nothing else is. */
+static int raw_probe(const uint8_t *buf, size_t len, const char *filename)
+{
+    (void)buf, (void)len, (void)filename;
+    return 1;
+}
+
+const struct block_driver raw_driver = {
+    .name = "raw",
+    .instance_size = sizeof(struct raw_image),
+    .probe = raw_probe,
+    .open = raw_open,
+    .ops = &raw_ops,
+};

@@ -16,11 +16,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "block/driver.h"
 #include "common/util.h"
 #include "qcow2-internal.h"
-
-/* Depth of the backing chain being opened by this thread (loop guard). */
-static __thread int chain_depth;
 
 #define FAIL(ret_, ...)                               \
     do {                                              \
@@ -119,7 +117,6 @@ static void free_qcow2(struct qcow2 *q)
 {
     if (!q)
         return;
-    image_close(q->backing);
     cache_free(q->l2_cache);
     cache_free(q->rb_cache);
     free(q->l1);
@@ -131,7 +128,6 @@ static void free_qcow2(struct qcow2 *q)
     if (q->host.fd >= 0)
         host_close(&q->host);
     pthread_mutex_destroy(&q->lock);
-    free(q);
 }
 
 static int read_be64_table(struct qcow2 *q, uint64_t off, uint64_t n,
@@ -160,10 +156,8 @@ static int open_image(struct qcow2 *q, const struct image_open_opts *opts,
     const char *path = opts->path;
     uint8_t h[HDR_V3_MIN_LENGTH + 8];
     uint8_t *c0 = NULL;
-    char root[PATH_MAX];
     int ret;
 
-    q->direct_io = opts->direct_io;
     ret = host_open(&q->host, path,
                     (opts->read_only ? HOST_READ_ONLY : 0) |
                         (opts->direct_io ? HOST_DIRECT : 0),
@@ -354,6 +348,7 @@ static int open_image(struct qcow2 *q, const struct image_open_opts *opts,
 
     /* Backing file name. */
     char backing_name[MAX_BACKING_NAME + 1] = "";
+    bool has_backing_name = false;
     if (backing_off != 0 && backing_len != 0) {
         if (backing_len > MAX_BACKING_NAME || backing_len > cs - backing_off)
             FAIL(-EINVAL, "%s: backing_file_size %" PRIu32 " is invalid "
@@ -362,7 +357,7 @@ static int open_image(struct qcow2 *q, const struct image_open_opts *opts,
         backing_name[backing_len] = 0;
         if (strlen(backing_name) != backing_len)
             FAIL(-EINVAL, "%s: backing file name contains a NUL byte", path);
-        q->has_backing_name = true;
+        has_backing_name = true;
     }
 
     if (q->host.is_blockdev)
@@ -417,42 +412,15 @@ static int open_image(struct qcow2 *q, const struct image_open_opts *opts,
         }
     }
 
-    /* The backing chain, confined under one root for the whole chain. */
-    if (q->has_backing_name) {
-        if (have_fmt && strcmp(backing_fmt, "raw") != 0 &&
-            strcmp(backing_fmt, "qcow2") != 0)
-            FAIL(-ENOTSUP, "%s: backing format '%s' is not supported (raw or "
-                 "qcow2)", path, qcow2_printable(backing_fmt, (char[16]){ 0 },
-                                                 16));
-        if (opts->backing_root) {
-            if (!realpath(opts->backing_root, root))
-                FAIL(-errno, "%s: backing_root %s: %s", path,
-                     opts->backing_root, strerror(errno));
-        } else {
-            char dir[PATH_MAX];
-            const char *slash = strrchr(path, '/');
-            if (!slash)
-                snprintf(dir, sizeof(dir), ".");
-            else if (slash == path)
-                snprintf(dir, sizeof(dir), "/");
-            else
-                snprintf(dir, sizeof(dir), "%.*s", (int)(slash - path), path);
-            if (!realpath(dir, root))
-                FAIL(-errno, "%s: cannot resolve its directory: %s", path,
-                     strerror(errno));
-        }
-        if (chain_depth >= MAX_CHAIN_DEPTH)
-            FAIL(-ELOOP, "%s: backing chain deeper than %d images (a loop?)",
-                 path, MAX_CHAIN_DEPTH);
-        chain_depth++;
-        ret = qcow2_open_backing(q, backing_name, have_fmt ? backing_fmt : NULL,
-                                 root, err, errlen);
-        chain_depth--;
-        if (ret < 0)
-            goto fail;
+    /* The backing chain is the generic layer's (block/backing.c). */
+    if (has_backing_name) {
+        q->img.backing_name = strdup(backing_name);
+        if (have_fmt)
+            q->img.backing_format = strdup(backing_fmt);
+        if (!q->img.backing_name || (have_fmt && !q->img.backing_format))
+            FAIL(-ENOMEM, "out of memory");
     }
 
-    q->img.ops = &qcow2_ops;
     q->img.info = (struct image_info){
         .format = "qcow2",
         .cluster_size = (uint32_t)cs,
@@ -469,14 +437,10 @@ fail:
     return ret;
 }
 
-int qcow2_open(const struct image_open_opts *opts, struct image **out,
-               char *err, size_t errlen)
+static int qcow2_open(struct image *img, const struct image_open_opts *opts,
+                      char *err, size_t errlen)
 {
-    struct qcow2 *q = calloc(1, sizeof(*q));
-    if (!q) {
-        snprintf(err, errlen, "out of memory");
-        return -ENOMEM;
-    }
+    struct qcow2 *q = to_qcow2(img);
     q->host.fd = -1;
     pthread_mutex_init(&q->lock, NULL);
     q->path = strdup(opts->path);
@@ -490,9 +454,22 @@ int qcow2_open(const struct image_open_opts *opts, struct image **out,
         free_qcow2(q);
         return ret;
     }
-    *out = &q->img;
     return 0;
 }
+
+static int qcow2_probe(const uint8_t *buf, size_t len, const char *filename)
+{
+    (void)filename;
+    return len >= 4 && get_be32(buf) == QCOW2_MAGIC ? 100 : 0;
+}
+
+const struct block_driver qcow2_driver = {
+    .name = "qcow2",
+    .instance_size = sizeof(struct qcow2),
+    .probe = qcow2_probe,
+    .open = qcow2_open,
+    .ops = &qcow2_ops,
+};
 
 void qcow2_free(struct qcow2 *q)
 {

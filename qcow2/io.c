@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "block/backing.h"
 #include "common/iov.h"
 #include "common/util.h"
 #include "qcow2-internal.h"
@@ -157,8 +158,8 @@ static int read_backing(struct qcow2 *q, const struct iovec *iov, int iovcnt,
                         uint64_t goff, size_t len)
 {
     size_t from_backing = 0;
-    if (q->backing && goff < q->backing->size)
-        from_backing = (size_t)MIN((uint64_t)len, q->backing->size - goff);
+    if (q->img.backing && goff < q->img.backing->size)
+        from_backing = (size_t)MIN((uint64_t)len, q->img.backing->size - goff);
     if (from_backing) {
         struct iovec stack[16], *part = stack;
         if (iovcnt > (int)ARRAY_SIZE(stack)) {
@@ -168,7 +169,7 @@ static int read_backing(struct qcow2 *q, const struct iovec *iov, int iovcnt,
         }
         int n = iov_slice(part, iovcnt, iov, iovcnt, 0, from_backing);
         assert(n >= 0);
-        int ret = image_readv(q->backing, part, n, goff);
+        int ret = image_readv(q->img.backing, part, n, goff);
         if (part != stack)
             free(part);
         if (ret < 0)
@@ -373,8 +374,8 @@ static bool cow_reads_zero(const struct qcow2 *q, uint64_t gc,
             break;
         case SC_UNALLOC:
             /* Zeros without a backing file, or past its end. */
-            if (q->backing &&
-                (gc << q->cluster_bits) + lo < q->backing->size)
+            if (q->img.backing &&
+                (gc << q->cluster_bits) + lo < q->img.backing->size)
                 return false;
             break;
         default:
@@ -845,7 +846,7 @@ static bool reads_zero(const struct qcow2 *q, const struct l2e *e,
     for (unsigned sc = (unsigned)(a / q->sc_size);
          sc < DIV_ROUND_UP(b, q->sc_size); sc++) {
         enum sc_kind k = qcow2_sc_kind(q, e, sc);
-        if (!(k == SC_ZERO || (k == SC_UNALLOC && !q->backing)))
+        if (!(k == SC_ZERO || (k == SC_UNALLOC && !q->img.backing)))
             return false;
     }
     return true;
@@ -872,7 +873,7 @@ static int zero_cluster(struct qcow2 *q, uint64_t gc, uint64_t a, uint64_t b,
 
     if (a == 0 && b == cs) {
         bool keep = false;
-        if (!q->backing && (mode == Z_DISCARD || (!v3 && mode == Z_UNMAP))) {
+        if (!q->img.backing && (mode == Z_DISCARD || (!v3 && mode == Z_UNMAP))) {
             entry = 0; /* unallocated reads as zeros without a backing file */
         } else if (v3) {
             keep = mode == Z_KEEP && owned;
@@ -902,7 +903,7 @@ static int zero_cluster(struct qcow2 *q, uint64_t gc, uint64_t a, uint64_t b,
          * may still hold other subclusters' data). */
         uint32_t m = sc_mask((unsigned)(a / scs), (unsigned)(b / scs));
         uint32_t alloc = e.alloc & ~m, zero = e.zero | m;
-        if (mode == Z_DISCARD && !q->backing)
+        if (mode == Z_DISCARD && !q->img.backing)
             zero &= ~m;
         entry = e.host ? e.host | (e.copied ? OFLAG_COPIED : 0) : 0;
         bitmap = (uint64_t)zero << 32 | alloc;
@@ -989,19 +990,12 @@ static int qcow2_block_status(struct image *img, uint64_t off, uint64_t len,
         *kind = IMAGE_EXTENT_ZERO;
         return 0;
     case SC_UNALLOC:
-        break;
-    }
-    /* Unallocated here: what shows through is the backing file's. */
-    if (!q->backing || off >= q->backing->size) {
+        /* This layer only: what shows through is the backing child's
+         * (image_block_status_above). */
         *kind = IMAGE_EXTENT_UNALLOCATED;
         return 0;
     }
-    uint64_t n;
-    ret = image_block_status(q->backing, off,
-                             MIN(x.len, q->backing->size - off), kind, &n);
-    if (ret == 0)
-        *extent_len = n;
-    return ret;
+    abort();
 }
 
 /* Is there metadata that a flush must write (in order) before the data
@@ -1066,6 +1060,7 @@ void qcow2_simulate_crash(struct image *img)
     cache_invalidate(q->l2_cache);
     cache_invalidate(q->rb_cache);
     qcow2_free(q);
+    image_free_node(img);
 }
 
 const struct image_ops qcow2_ops = {

@@ -3,7 +3,6 @@
  * Layout of the engine (one concept per file):
  *   header.c    open: parse and validate the header, extensions, tables;
  *               in-place header field updates (feature bits, reftable)
- *   backing.c   resolve, confine and open the backing file
  *   snapshot.c  parse and validate the internal snapshot table
  *   cache.c     bounded write-back cache of cluster-sized tables
  *               (one instance for L2 tables, one for refcount blocks)
@@ -31,6 +30,9 @@
  * two allocating writes to one cluster are serialised, a read never sees an
  * allocation half done, and a host cluster is never freed (its L2 entry
  * changed) while a request on that guest cluster still uses it.
+ *
+ * Lock order with the layers above and below (SCSI, other nodes, host):
+ * docs/locking.md.
  *
  * Crash ordering (see /work/shared/notes/qcow2.md):
  *   - data is written (pwritev returned) before the L2 entry is updated in
@@ -122,7 +124,6 @@
 #define MAX_SNAPSHOTS      65536u
 #define MAX_SNAPSHOT_TABLE_BYTES (64u << 20)
 #define MAX_BACKING_NAME   1023u
-#define MAX_CHAIN_DEPTH    32
 
 /* What one guest subcluster (or whole cluster without extended L2) is. */
 enum sc_kind {
@@ -198,9 +199,8 @@ struct qcow2 {
     uint64_t snapshots_offset;
     uint64_t snapshots_bytes;
 
-    struct image *backing;    /* NULL: unallocated reads as zeros */
-    bool direct_io;           /* O_DIRECT, also for the backing chain */
-    bool has_backing_name;    /* header names a backing file */
+    /* The backing file is the node's child q->img.backing (NULL:
+     * unallocated reads as zeros), opened by block/backing.c. */
 
     /* Runtime state, under lock. */
     pthread_mutex_t lock;
@@ -246,25 +246,14 @@ int qcow2_write_header_u64(struct qcow2 *q, unsigned field, uint64_t v);
 int qcow2_corrupt(struct qcow2 *q, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
-/* Free everything an open image holds (closes the backing image and the
- * host fd) without writing anything. */
+/* Release everything the driver holds (the host fd, tables, caches)
+ * without writing anything; the node itself and its children are the
+ * generic layer's (image_close, image_free_node). */
 void qcow2_free(struct qcow2 *q);
 
 /* Before the first modification: clear autoclear bits, set the dirty bit
  * under lazy refcounts.  Idempotent.  Lock held. */
 int qcow2_prepare_write(struct qcow2 *q);
-
-/* ---- backing.c ---- */
-
-/* Open the backing file named in the header (cluster0 holds cluster 0),
- * confined to root (an absolute, realpath'd directory; "/" = anything).
- * fmt: backing format extension or NULL (then probe qcow2 magic vs raw).
- * On failure writes one line into err. */
-int qcow2_open_backing(struct qcow2 *q, const char *name, const char *fmt,
-                       const char *root, char *err, size_t errlen);
-/* A string from the image (a backing file name or format), fit for a
- * one-line message: each byte outside 0x20..0x7e becomes '?'. */
-const char *qcow2_printable(const char *in, char *out, size_t outlen);
 
 /* ---- snapshot.c ---- */
 
