@@ -47,6 +47,10 @@ struct block_driver {
      * created over an open node (image_insert_filter), never by
      * image_open(); every operation it leaves NULL goes to that child. */
     bool is_filter;
+    /* A protocol node (block/file.h) is the bottom of a format node: it
+     * has no children.  Every other non-filter node gets one as its
+     * `file` child, opened before the driver's open. */
+    bool is_protocol;
 };
 
 /* The driver called name in the table, or NULL. */

@@ -5,6 +5,7 @@
 
 #include "backing.h"
 #include "driver.h"
+#include "file.h"
 
 #include <assert.h>
 #include <stdatomic.h>
@@ -62,7 +63,13 @@ int image_open_node(const struct block_driver *drv,
         snprintf(err, errlen, "out of memory");
         return -ENOMEM;
     }
-    int ret = drv->open(img, opts, err, errlen);
+    int ret = 0;
+    /* A format's host storage is its protocol child, there before it. */
+    if (!drv->is_protocol)
+        ret = image_open_node(&file_driver, opts, depth, &img->file, err,
+                              errlen);
+    if (ret == 0)
+        ret = drv->open(img, opts, err, errlen);
     if (ret < 0) {
         image_free_node(img);
         return ret;

@@ -6,7 +6,10 @@
  *
  * The graph.  An open image is a graph of nodes (struct image), each made
  * by a driver (block/driver.h) from the table of block/drivers.c:
- *  - a format node (raw, qcow2) over host storage (block/host.h);
+ *  - a format node (raw, qcow2) over its `file` child, a protocol node
+ *    (block/file.h: a regular file or block device), through which it
+ *    does all its host I/O and from whose info it learns what the
+ *    storage is;
  *  - its `backing` child: the node reads of what this layer does not
  *    allocate go to.  The generic layer owns backing chains
  *    (block/backing.c): a driver only reports the name and format its
@@ -23,7 +26,9 @@
  * of the whole chain sees.
  * A node's properties (size, info, children) are fixed once image_open()
  * returns; what changes while it is open is its state (image_state():
- * atomic bits, only ever set).  Lock order across the layers:
+ * atomic bits, only ever set), and an edge image_insert_filter() rewires
+ * while no request is in flight.  A protocol node's length is not a
+ * property: formats ask it (file_length).  Lock order across the layers:
  * docs/locking.md.
  *
  * Conventions, for every operation:
@@ -78,6 +83,12 @@ struct image_info {
     bool can_zero;              /* zero without writing data (metadata, fallocate) */
     bool can_discard;           /* discard/unmap really deallocates */
     bool discard_zeroes;        /* after discard, reads return zeros */
+    /* What the storage is: set by the protocol node (block/file.h), for
+     * the format above it. */
+    uint32_t mem_alignment;     /* I/O buffer alignment (1: any) */
+    bool is_device;             /* a block device: fixed capacity */
+    bool zeroes_past_eof;       /* past its end it reads as zeros and grows
+                                 * when written (regular files) */
 };
 
 /* Operations a driver implements.  For a format every pointer is required
@@ -132,7 +143,7 @@ struct image_ops {
  * image_open() allocates the driver's instance_size (struct image first)
  * and fills drv, ops, filename and info.read_only; the driver's open
  * fills size and info.  Everything here is fixed once image_open()
- * returns, except state. */
+ * returns, except state (and edges, see image_insert_filter). */
 struct image {
     const struct image_ops *ops;
     const struct block_driver *drv; /* NULL: built by hand (tests); then
@@ -144,7 +155,9 @@ struct image {
     /* Children, owned: image_close() closes them after the node. */
     struct image *backing;   /* reads of what this layer does not
                               * allocate; NULL: they read as zeros */
-    struct image *file;      /* filters: the node filtered */
+    struct image *file;      /* formats: their protocol node (host
+                              * storage, block/file.h); filters: the
+                              * node filtered */
     /* What the driver's open found in the image, for block/backing.c
      * (NULL: none): the backing file's name as written in the image, and
      * its format if the image says it (else it is probed). */

@@ -31,9 +31,9 @@ int qcow2_write_header_u64(struct qcow2 *q, unsigned field, uint64_t v)
 {
     uint8_t b[8];
     put_be64(b, v);
-    int ret = host_pwrite(&q->host, b, 8, field);
+    int ret = file_pwrite(q->img.file, b, 8, field);
     if (ret == 0)
-        ret = host_flush(&q->host);
+        ret = file_flush(q->img.file);
     return ret;
 }
 
@@ -56,7 +56,7 @@ int qcow2_corrupt(struct qcow2 *q, const char *fmt, ...)
                  : "");
     image_set_state(&q->img, IMAGE_STATE_CORRUPT |
                                  (lost ? IMAGE_STATE_WRITES_LOST : 0));
-    if (!q->host.read_only && q->version >= 3) {
+    if (!q->img.info.read_only && q->version >= 3) {
         q->incompat |= INCOMPAT_CORRUPT;
         (void)qcow2_write_header_u64(q, HDR_INCOMPAT, q->incompat);
     }
@@ -125,8 +125,6 @@ static void free_qcow2(struct qcow2 *q)
     free(q->pending);
     free(q->zero_buf);
     free(q->path);
-    if (q->host.fd >= 0)
-        host_close(&q->host);
     pthread_mutex_destroy(&q->lock);
 }
 
@@ -137,7 +135,7 @@ static int read_be64_table(struct qcow2 *q, uint64_t off, uint64_t n,
     uint64_t *t = calloc(n + 1, 8);
     int ret = -ENOMEM;
     if (raw && t) {
-        ret = host_pread(&q->host, raw, n * 8, off);
+        ret = file_pread(q->img.file, raw, n * 8, off);
         for (uint64_t i = 0; ret == 0 && i < n; i++)
             t[i] = get_be64(raw + 8 * i);
     }
@@ -158,19 +156,13 @@ static int open_image(struct qcow2 *q, const struct image_open_opts *opts,
     uint8_t *c0 = NULL;
     int ret;
 
-    ret = host_open(&q->host, path,
-                    (opts->read_only ? HOST_READ_ONLY : 0) |
-                        (opts->direct_io ? HOST_DIRECT : 0),
-                    err, errlen);
-    if (ret < 0)
-        return ret;
-    int64_t hsize = host_size(&q->host);
+    int64_t hsize = file_length(q->img.file);
     if (hsize < 0)
         FAIL((int)hsize, "cannot get the size of %s: %s", path,
              strerror((int)-hsize));
     q->host_end = (uint64_t)hsize;
 
-    ret = host_pread(&q->host, h, sizeof(h), 0);
+    ret = file_pread(q->img.file, h, sizeof(h), 0);
     if (ret < 0)
         FAIL(ret, "cannot read %s: %s", path, strerror(-ret));
     if ((uint64_t)hsize < HDR_V2_LENGTH || get_be32(h) != QCOW2_MAGIC)
@@ -190,7 +182,7 @@ static int open_image(struct qcow2 *q, const struct image_open_opts *opts,
     c0 = calloc(1, cs);
     if (!c0)
         FAIL(-ENOMEM, "out of memory");
-    ret = host_pread(&q->host, c0, cs, 0);
+    ret = file_pread(q->img.file, c0, cs, 0);
     if (ret < 0)
         FAIL(ret, "cannot read %s: %s", path, strerror(-ret));
 
@@ -360,7 +352,7 @@ static int open_image(struct qcow2 *q, const struct image_open_opts *opts,
         has_backing_name = true;
     }
 
-    if (q->host.is_blockdev)
+    if (q->img.file->info.is_device)
         q->dev_clusters = (uint64_t)hsize / cs;
 
     ret = qcow2_read_snapshots(q, get_be32(c0 + HDR_NB_SNAPSHOTS),
@@ -424,7 +416,7 @@ static int open_image(struct qcow2 *q, const struct image_open_opts *opts,
     q->img.info = (struct image_info){
         .format = "qcow2",
         .cluster_size = (uint32_t)cs,
-        .request_alignment = q->host.logical_block_size,
+        .request_alignment = q->img.file->info.request_alignment,
         .read_only = opts->read_only,
         .can_zero = q->version >= 3,
         .can_discard = true,
@@ -441,7 +433,6 @@ static int qcow2_open(struct image *img, const struct image_open_opts *opts,
                       char *err, size_t errlen)
 {
     struct qcow2 *q = to_qcow2(img);
-    q->host.fd = -1;
     pthread_mutex_init(&q->lock, NULL);
     q->path = strdup(opts->path);
     if (!q->path) {

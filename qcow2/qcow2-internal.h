@@ -37,7 +37,7 @@
  * Crash ordering (see /work/shared/notes/qcow2.md):
  *   - data is written (pwritev returned) before the L2 entry is updated in
  *     the cache; a dirty L2 table is written back only after the refcount
- *     cache was written back (unless lazy refcounts) and host_flush();
+ *     cache was written back (unless lazy refcounts) and file_flush();
  *   - a new or copied L2 table is written and flushed before its L1 entry;
  *   - refcount decreases are queued (pending frees) and applied only after
  *     the L2/L1 change that dropped the reference is durable (meta sync).
@@ -64,7 +64,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "block/host.h"
+#include "block/file.h"
 #include "block/image.h"
 
 #define QCOW2_MAGIC 0x514649fbu /* "QFI\xfb" */
@@ -156,8 +156,8 @@ struct snapshot {
 };
 
 struct qcow2 {
-    struct image img;         /* first: struct image * casts to qcow2 */
-    struct host host;
+    struct image img;         /* first: struct image * casts to qcow2;
+                               * img.file: the host storage (block/file.h) */
     char *path;
 
     /* Header, constant after open unless noted. */
@@ -234,7 +234,7 @@ static inline bool qcow2_is_corrupt(const struct qcow2 *q)
 /* ---- header.c ---- */
 
 /* Write the 8-byte feature field at HDR_INCOMPAT/HDR_AUTOCLEAR (big endian)
- * and host_flush().  Called with lock held. */
+ * and file_flush().  Called with lock held. */
 int qcow2_write_header_u64(struct qcow2 *q, unsigned field, uint64_t v);
 
 /* Mark the image corrupt: log msg to stderr, set IMAGE_STATE_CORRUPT

@@ -4,7 +4,8 @@
  *  - a backing chain is confined under the backing root (outside refused,
  *    a symlink escaping refused), limited in depth (the deepest chain
  *    allowed opens, one more is refused), and every backing node is a
- *    read-only child opened by the generic layer;
+ *    read-only child opened by the generic layer; every format node has
+ *    a protocol child (`file`) whose info it takes the storage's from;
  *  - block status above a node, on qcow2 <- qcow2 <- raw made by
  *    qemu-img, equals `qemu-img map --output=json` (kind and the layer
  *    that answers, qemu's "depth"), every 64 KiB; a base stops the walk;
@@ -22,6 +23,7 @@
 
 #include "block/backing.h"
 #include "block/driver.h"
+#include "block/file.h"
 #include "block/image.h"
 #include "tests/qcow2/qtest.h"
 
@@ -37,6 +39,29 @@ static int open_img(const char *path, const char *fmt, const char *root,
     err[0] = 0;
     *img = NULL;
     return image_open(&o, img, err, errlen);
+}
+
+/* Every format node of the chain does its host I/O through a `file`
+ * child, a protocol node over the same path, and takes what the storage
+ * is from that child's info. */
+static void protocol_children(struct image *top)
+{
+    for (struct image *n = top; n; n = n->backing) {
+        struct image *f = n->file;
+        if (!f || f->drv != &file_driver) {
+            QT_FAIL("%s: no protocol child", n->filename);
+            continue;
+        }
+        QT_CHECK(f->file == NULL && f->backing == NULL);
+        QT_CHECK(strcmp(f->filename, n->filename) == 0);
+        QT_CHECK(f->info.read_only == n->info.read_only);
+        QT_CHECK(!f->info.is_device && f->info.zeroes_past_eof);
+        QT_CHECK(n->info.request_alignment == f->info.request_alignment);
+        if (n->drv == &raw_driver)
+            QT_CHECK(n->size == f->size &&
+                     n->info.can_zero == f->info.can_zero &&
+                     n->info.discard_zeroes == f->info.discard_zeroes);
+    }
 }
 
 static void driver_lookup(void)
@@ -71,6 +96,7 @@ static void driver_lookup(void)
         QT_CHECK(img->drv == &raw_driver);
         QT_CHECK(strcmp(img->info.format, "raw") == 0);
         QT_CHECK(img->backing == NULL);
+        protocol_children(img);
         image_close(img);
     }
 }
@@ -161,6 +187,7 @@ static void confinement(void)
     QT_CHECK(open_img(top, "qcow2", NULL, &img, err, sizeof(err)) == 0);
     if (img) {
         check_chain(img, 2, (const char *const[]){ "qcow2", "raw" });
+        protocol_children(img);
         image_close(img);
     }
     /* Without a format extension the backing file is probed: qcow2 by its
