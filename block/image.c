@@ -1,6 +1,11 @@
-/* qlun — the image interface: open by format name, range checks, and the
- * fallbacks for optional driver operations. */
+/* qlun — the image interface: open a node by driver name, range checks,
+ * the fallbacks for optional driver operations, closing a node and its
+ * children. */
 #include "image.h"
+
+#include "backing.h"
+#include "driver.h"
+#include "file.h"
 
 #include <assert.h>
 #include <stdatomic.h>
@@ -21,13 +26,76 @@ int image_open(const struct image_open_opts *opts, struct image **out,
     /* The format is what the user said, never what the content suggests:
      * guessing lets a guest that writes a qcow2 header into a raw LUN make
      * the host open arbitrary backing files. */
-    if (strcmp(opts->format, "raw") == 0)
-        return raw_open(opts, out, err, errlen);
-    if (strcmp(opts->format, "qcow2") == 0)
-        return qcow2_open(opts, out, err, errlen);
-    snprintf(err, errlen, "unknown image format '%s' (expected raw or qcow2)",
-             opts->format);
-    return -EINVAL;
+    const struct block_driver *drv = block_driver_find(opts->format);
+    if (!drv) {
+        char names[128];
+        snprintf(err, errlen, "unknown image format '%s' (expected %s)",
+                 opts->format, block_driver_names(names, sizeof(names)));
+        return -EINVAL;
+    }
+    return image_open_node(drv, opts, 0, out, err, errlen);
+}
+
+static struct image *new_node(const struct block_driver *drv,
+                              const char *filename, bool read_only)
+{
+    assert(drv->instance_size >= sizeof(struct image));
+    struct image *img = calloc(1, drv->instance_size);
+    if (!img)
+        return NULL;
+    img->filename = strdup(filename);
+    if (!img->filename) {
+        free(img);
+        return NULL;
+    }
+    img->drv = drv;
+    img->ops = drv->ops;
+    img->info.read_only = read_only;
+    return img;
+}
+
+int image_open_node(const struct block_driver *drv,
+                    const struct image_open_opts *opts, unsigned depth,
+                    struct image **out, char *err, size_t errlen)
+{
+    assert(!drv->is_filter);
+    struct image *img = new_node(drv, opts->path, opts->read_only);
+    if (!img) {
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    int ret = 0;
+    /* A format's host storage is its protocol child, there before it. */
+    if (!drv->is_protocol)
+        ret = image_open_node(&file_driver, opts, depth, &img->file, err,
+                              errlen);
+    if (ret == 0)
+        ret = drv->open(img, opts, err, errlen);
+    if (ret < 0) {
+        image_free_node(img);
+        return ret;
+    }
+    if (!img->info.format)
+        img->info.format = drv->name;
+    if (img->backing_name) {
+        ret = image_open_backing(img, opts, depth, err, errlen);
+        if (ret < 0) {
+            image_close(img);
+            return ret;
+        }
+    }
+    *out = img;
+    return 0;
+}
+
+void image_free_node(struct image *img)
+{
+    image_close(img->backing);
+    image_close(img->file);
+    free(img->backing_name);
+    free(img->backing_format);
+    free(img->filename);
+    free(img);
 }
 
 static void assert_range(const struct image *img, uint64_t off, uint64_t len)
@@ -36,9 +104,19 @@ static void assert_range(const struct image *img, uint64_t off, uint64_t len)
     (void)img, (void)off, (void)len;
 }
 
+/* A filter leaves an operation NULL to have its child do it. */
+static bool passes_down(const struct image *img, const void *op)
+{
+    return op == NULL && img->drv && img->drv->is_filter;
+}
+
 unsigned image_state(const struct image *img)
 {
-    return atomic_load(&img->state);
+    unsigned state = atomic_load(&img->state);
+    /* A filter is as corrupt (or has lost as many writes) as its child. */
+    if (img->drv && img->drv->is_filter)
+        state |= image_state(img->file);
+    return state;
 }
 
 void image_set_state(struct image *img, unsigned bits)
@@ -58,6 +136,8 @@ int image_readv(struct image *img, const struct iovec *iov, int iovcnt,
                 uint64_t off)
 {
     assert_range(img, off, iov_size(iov, iovcnt));
+    if (passes_down(img, img->ops->readv))
+        return image_readv(img->file, iov, iovcnt, off);
     return img->ops->readv(img, iov, iovcnt, off);
 }
 
@@ -69,6 +149,8 @@ int image_writev(struct image *img, const struct iovec *iov, int iovcnt,
     int ret = check_writable(img);
     if (ret < 0)
         return ret;
+    if (passes_down(img, img->ops->writev))
+        return image_writev(img->file, iov, iovcnt, off, flags);
     return img->ops->writev(img, iov, iovcnt, off, flags);
 }
 
@@ -91,6 +173,8 @@ int image_flush(struct image *img)
         return 0;
     if (image_state(img) & IMAGE_STATE_WRITES_LOST)
         return -EIO;
+    if (passes_down(img, img->ops->flush))
+        return image_flush(img->file);
     return img->ops->flush(img);
 }
 
@@ -101,9 +185,7 @@ static int zero_by_writing(struct image *img, uint64_t off, uint64_t len)
     static const uint8_t zeros[CHUNK];
     while (len > 0) {
         size_t n = (size_t)MIN(len, (uint64_t)CHUNK);
-        int ret = img->ops->writev(img,
-            &(struct iovec){ .iov_base = (void *)zeros, .iov_len = n }, 1,
-            off, 0);
+        int ret = image_write(img, zeros, n, off, 0);
         if (ret < 0)
             return ret;
         off += n;
@@ -121,6 +203,8 @@ int image_zero(struct image *img, uint64_t off, uint64_t len, unsigned flags)
         return ret;
     if (len == 0)
         return 0;
+    if (passes_down(img, img->ops->zero))
+        return image_zero(img->file, off, len, flags);
     if (img->ops->zero) {
         ret = img->ops->zero(img, off, len, flags);
         if (ret != -ENOTSUP)
@@ -137,6 +221,8 @@ int image_discard(struct image *img, uint64_t off, uint64_t len)
     int ret = check_writable(img);
     if (ret < 0)
         return ret;
+    if (passes_down(img, img->ops->discard))
+        return image_discard(img->file, off, len);
     if (len == 0 || !img->ops->discard)
         return 0;
     return img->ops->discard(img, off, len);
@@ -147,6 +233,8 @@ int image_block_status(struct image *img, uint64_t off, uint64_t len,
 {
     assert(len > 0);
     assert_range(img, off, len);
+    if (passes_down(img, img->ops->block_status))
+        return image_block_status(img->file, off, len, kind, extent_len);
     if (!img->ops->block_status) {
         *kind = IMAGE_EXTENT_DATA;
         *extent_len = len;
@@ -157,8 +245,18 @@ int image_block_status(struct image *img, uint64_t off, uint64_t len,
     return ret;
 }
 
+struct image *image_backing_child(const struct image *img)
+{
+    /* A filter's layer is its child's: so is the backing below it. */
+    while (img->drv && img->drv->is_filter)
+        img = img->file;
+    return img->backing;
+}
+
 int64_t image_allocated_bytes(struct image *img)
 {
+    if (passes_down(img, img->ops->allocated_bytes))
+        return image_allocated_bytes(img->file);
     if (!img->ops->allocated_bytes)
         return -ENOTSUP;
     return img->ops->allocated_bytes(img);
@@ -193,5 +291,38 @@ int image_close(struct image *img)
 {
     if (!img)
         return 0;
-    return img->ops->close(img);
+    if (!img->drv)
+        return img->ops->close(img);
+    int ret = img->ops->close ? img->ops->close(img) : 0;
+    image_free_node(img);
+    return ret;
+}
+
+int image_insert_filter(struct image **edge, const struct block_driver *drv,
+                        char *err, size_t errlen)
+{
+    assert(drv->is_filter && *edge);
+    struct image *child = *edge;
+    struct image *img = new_node(drv, child->filename, child->info.read_only);
+    if (!img) {
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    /* What the filter does not change is its child's. */
+    img->file = child;
+    img->size = child->size;
+    img->info = child->info;
+    if (drv->open) {
+        struct image_open_opts o = { .path = child->filename,
+                                     .format = drv->name,
+                                     .read_only = child->info.read_only };
+        int ret = drv->open(img, &o, err, errlen);
+        if (ret < 0) {
+            img->file = NULL; /* not the filter's to close */
+            image_free_node(img);
+            return ret;
+        }
+    }
+    *edge = img;
+    return 0;
 }

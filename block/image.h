@@ -1,10 +1,35 @@
-/* qlun — the format-neutral image interface.
+/* qlun — the format-neutral image interface, and the image graph.
  *
  * Everything above this seam (scsi/, handler/) sees an image as a flat array
  * of bytes with a size, plus a few operations that a thin-provisioned LUN
- * needs (zero, discard, block status).  Everything below it (raw, qcow2) is a
- * format driver over host storage (block/host.h).  A backing chain is just a
- * format driver holding another struct image.
+ * needs (zero, discard, block status), and knows no format by name.
+ *
+ * The graph.  An open image is a graph of nodes (struct image), each made
+ * by a driver (block/driver.h) from the table of block/drivers.c:
+ *  - a format node (raw, qcow2) over its `file` child, a protocol node
+ *    (block/file.h: a regular file or block device), through which it
+ *    does all its host I/O and from whose info it learns what the
+ *    storage is;
+ *  - its `backing` child: the node reads of what this layer does not
+ *    allocate go to.  The generic layer owns backing chains
+ *    (block/backing.c): a driver only reports the name and format its
+ *    image names; resolving, confinement under the backing root, the
+ *    depth limit and format probing are done once for all formats, and
+ *    backing nodes are always read-only;
+ *  - a filter node (driver is_filter) has one child, `file`, the node it
+ *    filters; every operation it does not define goes to that child.
+ *    image_insert_filter() puts one above any node (the top, or a backing
+ *    child).
+ * A node owns its children: image_close() closes the node, then them.
+ * Block status: a driver answers for its own layer only (UNALLOCATED:
+ * ask the backing child); image_block_status_above() gives what a reader
+ * of the whole chain sees.
+ * A node's properties (size, info, children) are fixed once image_open()
+ * returns; what changes while it is open is its state (image_state():
+ * atomic bits, only ever set), and an edge image_insert_filter() rewires
+ * while no request is in flight.  A protocol node's length is not a
+ * property: formats ask it (file_length).  Lock order across the layers:
+ * docs/locking.md.
  *
  * Conventions, for every operation:
  *  - Offsets and lengths are in bytes.  A request must lie inside
@@ -30,6 +55,7 @@
 #include <sys/uio.h>
 
 struct image;
+struct block_driver;
 
 /* Flags for image_writev(). */
 #define IMAGE_FUA         (1u << 0) /* durable before returning */
@@ -50,17 +76,25 @@ enum image_extent_kind {
  * never changed after: what changes while the image is open is its state
  * (image_state()). */
 struct image_info {
-    const char *format;         /* "raw", "qcow2" */
+    const char *format;         /* the driver's name */
     uint32_t cluster_size;      /* allocation unit in bytes; 0 = none */
     uint32_t request_alignment; /* smallest efficient I/O unit (>= 1) */
     bool read_only;
     bool can_zero;              /* zero without writing data (metadata, fallocate) */
     bool can_discard;           /* discard/unmap really deallocates */
     bool discard_zeroes;        /* after discard, reads return zeros */
+    /* What the storage is: set by the protocol node (block/file.h), for
+     * the format above it. */
+    uint32_t mem_alignment;     /* I/O buffer alignment (1: any) */
+    bool is_device;             /* a block device: fixed capacity */
+    bool zeroes_past_eof;       /* past its end it reads as zeros and grows
+                                 * when written (regular files) */
 };
 
-/* Operations a format driver implements.  Every pointer is required unless
- * marked optional; image.c supplies the fallback for optional ones. */
+/* Operations a driver implements.  For a format every pointer is required
+ * unless marked optional; image.c supplies the fallback for optional ones.
+ * For a filter every pointer is optional: one left NULL is passed to the
+ * filter's child (`file`) as it is. */
 struct image_ops {
     const char *name;
 
@@ -80,14 +114,17 @@ struct image_ops {
      * info.discard_zeroes, else as unspecified-but-stable data; it never
      * exposes a backing file's data.  Optional: without it, a no-op. */
     int (*discard)(struct image *img, uint64_t off, uint64_t len);
-    /* Describe the extent starting at off: its kind and length (> 0,
-     * <= len).  Optional: without it, everything is DATA. */
+    /* Describe the extent starting at off in this layer only: its kind
+     * and length (> 0, <= len).  UNALLOCATED: this layer has nothing
+     * there, reads go to the backing child (image_block_status_above
+     * asks it).  Optional: without it, everything is DATA. */
     int (*block_status)(struct image *img, uint64_t off, uint64_t len,
                         enum image_extent_kind *kind, uint64_t *extent_len);
     /* Bytes of host storage in use (for thin-provisioning thresholds).
      * Optional: without it, image_allocated_bytes() says -ENOTSUP. */
     int64_t (*allocated_bytes)(struct image *img);
-    /* Release everything; a clean close (flush, clear dirty state). */
+    /* Release everything; a clean close (flush, clear dirty state).
+     * Optional for filters only. */
     int (*close)(struct image *img);
     /* Make the virtual size new_size (image_resize() has checked it: a
      * multiple of 512, not the current size, the image writable).  Growing:
@@ -114,19 +151,38 @@ struct image_ops {
  * flush fails -EIO, so no SYNCHRONIZE CACHE answers GOOD for them. */
 #define IMAGE_STATE_WRITES_LOST (1u << 1)
 
-/* The common part of every open image.  Drivers embed it first in their
- * own state and set ops, size and info. */
+/* A node of the image graph: the common part of every open image.
+ * image_open() allocates the driver's instance_size (struct image first)
+ * and fills drv, ops, filename and info.read_only; the driver's open
+ * fills size and info.  Everything here is fixed once image_open()
+ * returns, except state, size (image_resize, with nothing else in
+ * flight) and edges (image_insert_filter). */
 struct image {
     const struct image_ops *ops;
+    const struct block_driver *drv; /* NULL: built by hand (tests); then
+                                     * ops->close frees the node too */
     uint64_t size;           /* virtual size in bytes */
     struct image_info info;
     _Atomic unsigned state;  /* IMAGE_STATE_* */
+    char *filename;          /* the path opened */
+    /* Children, owned: image_close() closes them after the node. */
+    struct image *backing;   /* reads of what this layer does not
+                              * allocate; NULL: they read as zeros */
+    struct image *file;      /* formats: their protocol node (host
+                              * storage, block/file.h); filters: the
+                              * node filtered */
+    /* What the driver's open found in the image, for block/backing.c
+     * (NULL: none): the backing file's name as written in the image, and
+     * its format if the image says it (else it is probed). */
+    char *backing_name;
+    char *backing_format;
 };
 
 /* How to open an image (filled by the handler from the cfgstring). */
 struct image_open_opts {
     const char *path;       /* host path: regular file or block device */
-    const char *format;     /* "raw" or "qcow2"; never guessed */
+    const char *format;     /* a driver's name (block/driver.h); never
+                             * guessed */
     bool read_only;
     bool direct_io;         /* O_DIRECT on the host (cache=none, directsync) */
     /* Backing files must resolve inside this directory tree; NULL means
@@ -157,6 +213,17 @@ int image_zero(struct image *img, uint64_t off, uint64_t len, unsigned flags);
 int image_discard(struct image *img, uint64_t off, uint64_t len);
 int image_block_status(struct image *img, uint64_t off, uint64_t len,
                        enum image_extent_kind *kind, uint64_t *extent_len);
+/* The status a reader of the whole chain sees at off: that of the
+ * topmost layer, from img down to (not including) base, that allocates
+ * it (NULL base: the whole chain); UNALLOCATED only where no layer does.
+ * layer (optional) gets the node whose layer answered.  image_block_status
+ * is that of img's own layer. */
+int image_block_status_above(struct image *img, struct image *base,
+                             uint64_t off, uint64_t len,
+                             enum image_extent_kind *kind,
+                             uint64_t *extent_len, struct image **layer);
+/* The node below img in its backing chain (NULL: none). */
+struct image *image_backing_child(const struct image *img);
 int64_t image_allocated_bytes(struct image *img);
 /* Change the virtual size (see image_ops.resize); no other operation may
  * be in flight on img.  Returns 0 or a negative errno; err holds one line:
@@ -167,6 +234,13 @@ int image_resize(struct image *img, uint64_t new_size, bool force,
 unsigned image_state(const struct image *img);
 /* For drivers: set state bits (never clears). */
 void image_set_state(struct image *img, unsigned bits);
+/* Put a new node of filter drv (drv->is_filter) where *edge points: above
+ * the node *edge (the top handle of a graph, or a node's backing child),
+ * which becomes the filter's `file` child.  The filter takes its size and
+ * info from that child; every operation it leaves NULL goes to the child.
+ * Only while no request is in flight on *edge. */
+int image_insert_filter(struct image **edge, const struct block_driver *drv,
+                        char *err, size_t errlen);
 /* Close and free; returns the driver's close status (the image is freed
  * either way).  NULL is a no-op. */
 int image_close(struct image *img);
@@ -181,22 +255,15 @@ struct image_create_opts {
 };
 
 /* Make a new qcow2 image at overlay_path whose backing file is the image
- * top, opened from top_path: the overlay of a live external snapshot.
+ * top (its filename): the overlay of a live external snapshot.
  * overlay_path must be absolute, must not exist, and its directory must
  * lie inside root (as backing files must); the backing name is stored
  * relative to the overlay's directory, with top's format.  cluster_size
  * 0 takes top's (64 KiB if top has none).  The file is durable on
  * return; on failure nothing is left behind. */
-int image_create_overlay(const struct image *top, const char *top_path,
-                         const char *overlay_path, const char *root,
+int image_create_overlay(const struct image *top, const char *overlay_path,
+                         const char *root,
                          uint32_t cluster_size, char *err, size_t errlen);
 
-/* Driver entry points, used by image_open() and image_create_overlay(). */
-int qcow2_create(const struct image_create_opts *opts, char *err,
-                 size_t errlen);
-int raw_open(const struct image_open_opts *opts, struct image **out,
-             char *err, size_t errlen);
-int qcow2_open(const struct image_open_opts *opts, struct image **out,
-               char *err, size_t errlen);
 
 #endif

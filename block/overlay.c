@@ -9,23 +9,16 @@
  * pair can be moved together, and it resolves inside the root when the
  * overlay is opened.
  */
+#include <assert.h>
 #include <errno.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "backing.h"
+#include "driver.h"
 #include "image.h"
-
-static bool path_inside(const char *path, const char *root)
-{
-    if (strcmp(root, "/") == 0)
-        return true;
-    size_t n = strlen(root);
-    while (n > 1 && root[n - 1] == '/')
-        n--;
-    return strncmp(path, root, n) == 0 && (path[n] == '/' || path[n] == 0);
-}
 
 /* The path of target relative to directory dir (both absolute, resolved):
  * "../" for each of dir's components below their common prefix, then the
@@ -81,8 +74,8 @@ static int resolve_parent(const char *path, char dir[PATH_MAX],
     return 0;
 }
 
-int image_create_overlay(const struct image *top, const char *top_path,
-                         const char *overlay_path, const char *root,
+int image_create_overlay(const struct image *top, const char *overlay_path,
+                         const char *root,
                          uint32_t cluster_size, char *err, size_t errlen)
 {
     char dir[PATH_MAX], real_top[PATH_MAX], real_root[PATH_MAX];
@@ -91,13 +84,13 @@ int image_create_overlay(const struct image *top, const char *top_path,
     int ret = resolve_parent(overlay_path, dir, &base, err, errlen);
     if (ret < 0)
         return ret;
-    if (!realpath(top_path, real_top) || !realpath(root, real_root)) {
+    if (!realpath(top->filename, real_top) || !realpath(root, real_root)) {
         int e = errno;
-        snprintf(err, errlen, "cannot resolve %s or %s: %s", top_path,
+        snprintf(err, errlen, "cannot resolve %s or %s: %s", top->filename,
                  root, strerror(e));
         return -e;
     }
-    if (!path_inside(dir, real_root)) {
+    if (!image_path_inside(dir, real_root)) {
         snprintf(err, errlen, "overlay %s is outside the allowed backing "
                  "root %s", overlay_path, real_root);
         return -EPERM;
@@ -118,5 +111,9 @@ int image_create_overlay(const struct image *top, const char *top_path,
         .backing_name = backing,
         .backing_format = top->info.format,
     };
-    return qcow2_create(&o, err, errlen);
+    /* An overlay is always qcow2: the one format here with a backing
+     * file. */
+    const struct block_driver *drv = block_driver_find("qcow2");
+    assert(drv && drv->create);
+    return drv->create(&o, err, errlen);
 }

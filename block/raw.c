@@ -1,52 +1,42 @@
-/* qlun — the raw format: image byte N is host byte N. */
+/* qlun — the raw format: image byte N is byte N of its file child. */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
-#include "host.h"
+#include "driver.h"
+#include "file.h"
 #include "image.h"
-
-struct raw_image {
-    struct image img; /* first: struct image * casts to struct raw_image * */
-    struct host host;
-};
-
-static struct host *raw_host(struct image *img)
-{
-    return &((struct raw_image *)img)->host;
-}
 
 static int raw_readv(struct image *img, const struct iovec *iov, int iovcnt,
                      uint64_t off)
 {
-    return host_preadv(raw_host(img), iov, iovcnt, off);
+    return file_preadv(img->file, iov, iovcnt, off);
 }
 
 static int raw_writev(struct image *img, const struct iovec *iov, int iovcnt,
                       uint64_t off, unsigned flags)
 {
-    int ret = host_pwritev(raw_host(img), iov, iovcnt, off);
+    int ret = file_pwritev(img->file, iov, iovcnt, off);
     if (ret == 0 && (flags & IMAGE_FUA))
-        ret = host_flush(raw_host(img));
+        ret = file_flush(img->file);
     return ret;
 }
 
 static int raw_flush(struct image *img)
 {
-    return host_flush(raw_host(img));
+    return file_flush(img->file);
 }
 
 static int raw_zero(struct image *img, uint64_t off, uint64_t len,
                     unsigned flags)
 {
-    return host_zero(raw_host(img), off, len, flags & IMAGE_MAY_UNMAP);
+    return file_zero(img->file, off, len, flags & IMAGE_MAY_UNMAP);
 }
 
 static int raw_discard(struct image *img, uint64_t off, uint64_t len)
 {
-    int ret = host_discard(raw_host(img), off, len);
+    int ret = file_discard(img->file, off, len);
     /* Discard is advisory: storage that cannot release space keeps it. */
     return ret == -ENOTSUP ? 0 : ret;
 }
@@ -54,12 +44,12 @@ static int raw_discard(struct image *img, uint64_t off, uint64_t len)
 static int raw_block_status(struct image *img, uint64_t off, uint64_t len,
                             enum image_extent_kind *kind, uint64_t *extent_len)
 {
-    return host_block_status(raw_host(img), off, len, kind, extent_len);
+    return file_block_status(img->file, off, len, kind, extent_len);
 }
 
 static int64_t raw_allocated_bytes(struct image *img)
 {
-    return host_allocated_bytes(raw_host(img));
+    return file_allocated_bytes(img->file);
 }
 
 /* Resize.  A raw image's size is its host's: a file is truncated to the
@@ -70,7 +60,6 @@ static int64_t raw_allocated_bytes(struct image *img)
 static int raw_resize(struct image *img, uint64_t new_size, bool force,
                       char *err, size_t errlen)
 {
-    struct host *h = raw_host(img);
     uint64_t old = img->size;
     if (new_size < old && !force) {
         snprintf(err, errlen, "shrinking from %" PRIu64 " to %" PRIu64
@@ -78,8 +67,8 @@ static int raw_resize(struct image *img, uint64_t new_size, bool force,
                  "(force it if that is meant)", old, new_size);
         return -EINVAL;
     }
-    if (h->is_blockdev) {
-        int64_t dev = host_size(h);
+    if (img->file->info.is_device) {
+        int64_t dev = file_length(img->file);
         if (dev < 0) {
             snprintf(err, errlen, "cannot get the device size: %s",
                      strerror((int)-dev));
@@ -92,9 +81,9 @@ static int raw_resize(struct image *img, uint64_t new_size, bool force,
             return -ENOSPC;
         }
     } else {
-        int ret = host_truncate(h, new_size);
+        int ret = file_truncate(img->file, new_size);
         if (ret == 0)
-            ret = host_flush(h);
+            ret = file_flush(img->file);
         if (ret < 0) {
             snprintf(err, errlen, "cannot change the file size to %" PRIu64
                      ": %s", new_size, strerror(-ret));
@@ -104,19 +93,17 @@ static int raw_resize(struct image *img, uint64_t new_size, bool force,
     if (new_size < old)
         snprintf(err, errlen, "shrunk from %" PRIu64 " to %" PRIu64 " bytes "
                  "(forced): the data past the new end is %s", old, new_size,
-                 h->is_blockdev ? "no longer served (still on the device)"
+                 img->file->info.is_device ? "no longer served (still on the device)"
                                 : "gone");
     img->size = new_size;
     return 0;
 }
 
+/* A clean close: what was written is durable (the file child closes
+ * after, without flushing). */
 static int raw_close(struct image *img)
 {
-    struct raw_image *r = (struct raw_image *)img;
-    int ret = host_flush(&r->host);
-    host_close(&r->host);
-    free(r);
-    return ret;
+    return file_flush(img->file);
 }
 
 static const struct image_ops raw_ops = {
@@ -132,47 +119,42 @@ static const struct image_ops raw_ops = {
     .resize = raw_resize,
 };
 
-int raw_open(const struct image_open_opts *opts, struct image **out,
-             char *err, size_t errlen)
+static int raw_open(struct image *img, const struct image_open_opts *opts,
+                    char *err, size_t errlen)
 {
-    struct raw_image *r = calloc(1, sizeof(*r));
-    if (!r) {
-        snprintf(err, errlen, "out of memory");
-        return -ENOMEM;
-    }
-    unsigned flags = (opts->read_only ? HOST_READ_ONLY : 0) |
-                     (opts->direct_io ? HOST_DIRECT : 0);
-    int ret = host_open(&r->host, opts->path, flags, err, errlen);
-    if (ret < 0) {
-        free(r);
-        return ret;
-    }
-    int64_t size = host_size(&r->host);
+    const struct image_info *fi = &img->file->info;
+    int64_t size = file_length(img->file);
     if (size < 0) {
         snprintf(err, errlen, "cannot get the size of %s: %s", opts->path,
                  strerror((int)-size));
-        host_close(&r->host);
-        free(r);
         return (int)size;
     }
-    r->img.ops = &raw_ops;
-    r->img.size = (uint64_t)size;
-    r->img.info = (struct image_info){
+    img->size = (uint64_t)size;
+    /* What zeroing and discard do is the storage's: on devices, whose
+     * discard need not read back zeros, scsi/ unmaps through zeroing. */
+    img->info = (struct image_info){
         .format = "raw",
         .cluster_size = 0,
-        .request_alignment = r->host.logical_block_size,
+        .request_alignment = fi->request_alignment,
         .read_only = opts->read_only,
-        /* Files: holes.  Devices: the kernel's write-zeroes, where the
-         * device has it (sysfs write_zeroes_max_bytes). */
-        .can_zero = r->host.is_blockdev ? r->host.can_write_zeroes
-                                        : r->host.can_punch_hole,
-        .can_discard = r->host.is_blockdev ? r->host.can_discard
-                                           : r->host.can_punch_hole,
-        /* A punched hole reads as zeros.  What a device returns after
-         * BLKDISCARD is not promised (Linux no longer reports it), so on
-         * devices scsi/ unmaps through zeroing instead. */
-        .discard_zeroes = !r->host.is_blockdev && r->host.can_punch_hole,
+        .can_zero = fi->can_zero,
+        .can_discard = fi->can_discard,
+        .discard_zeroes = fi->discard_zeroes,
     };
-    *out = &r->img;
     return 0;
 }
+
+/* Anything can be raw: the lowest score, chosen when nothing else is. */
+static int raw_probe(const uint8_t *buf, size_t len, const char *filename)
+{
+    (void)buf, (void)len, (void)filename;
+    return 1;
+}
+
+const struct block_driver raw_driver = {
+    .name = "raw",
+    .instance_size = sizeof(struct image),
+    .probe = raw_probe,
+    .open = raw_open,
+    .ops = &raw_ops,
+};

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "block/driver.h"
 #include "common/util.h"
 
 static int parse_bool(const char *v, bool *out)
@@ -34,9 +35,10 @@ static int parse_abs_path(char *dst, size_t size, const char *v)
     return 0;
 }
 
+/* The formats are block/'s: the handler knows none by name. */
 static int opt_format(struct qlun_config *cfg, const char *v)
 {
-    if (strcmp(v, "raw") && strcmp(v, "qcow2"))
+    if (!block_driver_find(v) || strlen(v) >= sizeof(cfg->format))
         return -EINVAL;
     strcpy(cfg->format, v);
     return 0;
@@ -166,12 +168,17 @@ static int opt_runner_owned(struct qlun_config *cfg, const char *v)
     return 0;
 }
 
+/* Stands in the table for the names of block/'s drivers, listed when a
+ * format is refused. */
+static const char driver_names_marker[] = "";
+#define DRIVER_NAMES driver_names_marker
+
 static const struct {
     const char *name;
     int (*apply)(struct qlun_config *cfg, const char *value);
     const char *expected;   /* said when a value is refused; optional */
 } options[] = {
-    { "format", opt_format, NULL },
+    { "format", opt_format, DRIVER_NAMES },
     { "readonly", opt_readonly, NULL },
     { "cache", opt_cache, NULL },
     { "serial", opt_serial, NULL },
@@ -202,10 +209,13 @@ static int apply_option(struct qlun_config *cfg, char *opt, unsigned *seen,
         }
         *seen |= 1u << i;
         if (options[i].apply(cfg, val) < 0) {
+            char list[128];
+            const char *expected = options[i].expected;
+            if (expected == DRIVER_NAMES)
+                expected = block_driver_names(list, sizeof(list));
             snprintf(err, errlen, "bad value '%s' for option '%s'%s%s%s", val,
-                     opt, options[i].expected ? " (expected " : "",
-                     options[i].expected ? options[i].expected : "",
-                     options[i].expected ? ")" : "");
+                     opt, expected ? " (expected " : "",
+                     expected ? expected : "", expected ? ")" : "");
             return -EINVAL;
         }
         return 0;
@@ -224,7 +234,7 @@ int qlun_config_parse(const char *cfgstring, struct qlun_config *cfg,
     unsigned seen = 0;
 
     memset(cfg, 0, sizeof(*cfg));
-    strcpy(cfg->format, "qcow2");
+    snprintf(cfg->format, sizeof(cfg->format), "%s", block_default_format());
 
     if (!cfgstring || strncmp(cfgstring, prefix, sizeof(prefix) - 1) != 0) {
         snprintf(err, errlen, "cfgstring must start with '%s'", prefix);

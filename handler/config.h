@@ -28,7 +28,7 @@ enum qlun_cache {
 
 struct qlun_config {
     char path[PATH_MAX];          /* absolute path of the image */
-    char format[8];               /* "raw" or "qcow2" (default) */
+    char format[8];               /* a block driver's name (block/driver.h) */
     bool read_only;               /* readonly=on */
     enum qlun_cache cache;        /* cache= */
     char serial[QLUN_SERIAL_MAX + 1]; /* serial=; "" = LIO's unit serial */

@@ -175,7 +175,7 @@ static size_t bucket_of(const struct cache *c, uint64_t off)
 /* The smallest unit a table is written back in (see the top comment). */
 static size_t part_size_for(const struct qcow2 *q)
 {
-    size_t p = MAX((size_t)512, (size_t)q->host.logical_block_size);
+    size_t p = MAX((size_t)512, (size_t)q->img.file->info.request_alignment);
     return MIN(p, (size_t)q->cluster_size);
 }
 
@@ -200,7 +200,7 @@ struct cache *cache_new(struct qcow2 *q, size_t nslots,
     /* One allocation for all tables (pages are only touched as slots fill,
      * so an unused part of a large cache costs address space, not RSS),
      * aligned so that O_DIRECT writes of parts need no bounce buffer. */
-    size_t align = MAX((size_t)4096, (size_t)q->host.mem_align);
+    size_t align = MAX((size_t)4096, (size_t)q->img.file->info.mem_alignment);
     void *tables = NULL;
     if (posix_memalign(&tables, align, nslots * c->table_size) != 0)
         tables = NULL;
@@ -276,7 +276,7 @@ static int write_slot(struct cache *c, int i)
         while (end < c->nparts && part_is_dirty(c, i, end))
             end++;
         size_t at = p * c->part_size, len = (end - p) * c->part_size;
-        int ret = host_pwrite(&c->q->host, table + at, len, s->off + at);
+        int ret = file_pwrite(c->q->img.file, table + at, len, s->off + at);
         if (ret < 0)
             return ret;
         clear_parts(c, i, p, end);
@@ -324,7 +324,7 @@ static int load(struct cache *c, int i, uint64_t off, bool read)
     struct slot *s = &c->slots[i];
     uint8_t *table = c->tables + (size_t)i * c->table_size;
     if (read) {
-        int ret = host_pread(&c->q->host, table, c->table_size, off);
+        int ret = file_pread(c->q->img.file, table, c->table_size, off);
         if (ret < 0)
             return ret;
     } else {
@@ -396,7 +396,7 @@ static int read_unlocked(struct cache *c, uint64_t off, void *copy)
     if (k != NONE)
         c->loading[k] = off;
     pthread_mutex_unlock(&c->q->lock);
-    int ret = host_pread(&c->q->host, copy, c->table_size, off);
+    int ret = file_pread(c->q->img.file, copy, c->table_size, off);
     pthread_mutex_lock(&c->q->lock);
     if (k != NONE) {
         c->loading[k] = 0;
@@ -420,7 +420,8 @@ int cache_get_unlocked(struct cache *c, uint64_t off, void **table)
         return 0;
     }
     void *copy;
-    size_t align = MAX((size_t)4096, (size_t)c->q->host.mem_align);
+    size_t align = MAX((size_t)4096,
+                       (size_t)c->q->img.file->info.mem_alignment);
     if (posix_memalign(&copy, align, c->table_size) != 0)
         return -ENOMEM;
     int ret = read_unlocked(c, off, copy);

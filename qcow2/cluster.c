@@ -132,7 +132,7 @@ static int write_l1e(struct qcow2 *q, uint32_t l1i, uint64_t v)
 {
     uint8_t b[8];
     put_be64(b, v);
-    int ret = host_pwrite(&q->host, b, 8, q->l1_offset + 8ull * l1i);
+    int ret = file_pwrite(q->img.file, b, 8, q->l1_offset + 8ull * l1i);
     if (ret == 0)
         q->l1[l1i] = v;
     return ret;
@@ -175,10 +175,10 @@ static int l2_table_for_write(struct qcow2 *q, uint32_t l1i, uint64_t *out)
      * the L1 entry. */
     ret = q->lazy ? 0 : cache_writeback(q->rb_cache, false);
     if (ret == 0)
-        ret = host_pwrite(&q->host, nt, cs, new_off);
+        ret = file_pwrite(q->img.file, nt, cs, new_off);
     cache_put(q->l2_cache, nt);
     if (ret == 0)
-        ret = host_flush(&q->host);
+        ret = file_flush(q->img.file);
     if (ret == 0)
         ret = write_l1e(q, l1i, new_off | OFLAG_COPIED);
     if (ret < 0) {

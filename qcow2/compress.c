@@ -69,7 +69,7 @@ int qcow2_decompress_cluster(struct qcow2 *q, uint64_t entry, uint8_t *out)
     uint8_t *in = malloc(inlen);
     if (!in)
         return -ENOMEM;
-    int ret = host_pread(&q->host, in, inlen, coff);
+    int ret = file_pread(q->img.file, in, inlen, coff);
     if (ret == 0) {
         if (q->compression_type == 0)
             ret = inflate_cluster(in, inlen, out, q->cluster_size);

@@ -16,11 +16,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "block/driver.h"
 #include "common/util.h"
 #include "qcow2-internal.h"
-
-/* Depth of the backing chain being opened by this thread (loop guard). */
-static __thread int chain_depth;
 
 #define FAIL(ret_, ...)                               \
     do {                                              \
@@ -33,9 +31,9 @@ int qcow2_write_header_u64(struct qcow2 *q, unsigned field, uint64_t v)
 {
     uint8_t b[8];
     put_be64(b, v);
-    int ret = host_pwrite(&q->host, b, 8, field);
+    int ret = file_pwrite(q->img.file, b, 8, field);
     if (ret == 0)
-        ret = host_flush(&q->host);
+        ret = file_flush(q->img.file);
     return ret;
 }
 
@@ -58,7 +56,7 @@ int qcow2_corrupt(struct qcow2 *q, const char *fmt, ...)
                  : "");
     image_set_state(&q->img, IMAGE_STATE_CORRUPT |
                                  (lost ? IMAGE_STATE_WRITES_LOST : 0));
-    if (!q->host.read_only && q->version >= 3) {
+    if (!q->img.info.read_only && q->version >= 3) {
         q->incompat |= INCOMPAT_CORRUPT;
         (void)qcow2_write_header_u64(q, HDR_INCOMPAT, q->incompat);
     }
@@ -119,7 +117,6 @@ static void free_qcow2(struct qcow2 *q)
 {
     if (!q)
         return;
-    image_close(q->backing);
     cache_free(q->l2_cache);
     cache_free(q->rb_cache);
     free(q->l1);
@@ -128,10 +125,7 @@ static void free_qcow2(struct qcow2 *q)
     free(q->pending);
     free(q->zero_buf);
     free(q->path);
-    if (q->host.fd >= 0)
-        host_close(&q->host);
     pthread_mutex_destroy(&q->lock);
-    free(q);
 }
 
 static int read_be64_table(struct qcow2 *q, uint64_t off, uint64_t n,
@@ -141,7 +135,7 @@ static int read_be64_table(struct qcow2 *q, uint64_t off, uint64_t n,
     uint64_t *t = calloc(n + 1, 8);
     int ret = -ENOMEM;
     if (raw && t) {
-        ret = host_pread(&q->host, raw, n * 8, off);
+        ret = file_pread(q->img.file, raw, n * 8, off);
         for (uint64_t i = 0; ret == 0 && i < n; i++)
             t[i] = get_be64(raw + 8 * i);
     }
@@ -160,23 +154,15 @@ static int open_image(struct qcow2 *q, const struct image_open_opts *opts,
     const char *path = opts->path;
     uint8_t h[HDR_V3_MIN_LENGTH + 8];
     uint8_t *c0 = NULL;
-    char root[PATH_MAX];
     int ret;
 
-    q->direct_io = opts->direct_io;
-    ret = host_open(&q->host, path,
-                    (opts->read_only ? HOST_READ_ONLY : 0) |
-                        (opts->direct_io ? HOST_DIRECT : 0),
-                    err, errlen);
-    if (ret < 0)
-        return ret;
-    int64_t hsize = host_size(&q->host);
+    int64_t hsize = file_length(q->img.file);
     if (hsize < 0)
         FAIL((int)hsize, "cannot get the size of %s: %s", path,
              strerror((int)-hsize));
     q->host_end = (uint64_t)hsize;
 
-    ret = host_pread(&q->host, h, sizeof(h), 0);
+    ret = file_pread(q->img.file, h, sizeof(h), 0);
     if (ret < 0)
         FAIL(ret, "cannot read %s: %s", path, strerror(-ret));
     if ((uint64_t)hsize < HDR_V2_LENGTH || get_be32(h) != QCOW2_MAGIC)
@@ -196,7 +182,7 @@ static int open_image(struct qcow2 *q, const struct image_open_opts *opts,
     c0 = calloc(1, cs);
     if (!c0)
         FAIL(-ENOMEM, "out of memory");
-    ret = host_pread(&q->host, c0, cs, 0);
+    ret = file_pread(q->img.file, c0, cs, 0);
     if (ret < 0)
         FAIL(ret, "cannot read %s: %s", path, strerror(-ret));
 
@@ -354,6 +340,7 @@ static int open_image(struct qcow2 *q, const struct image_open_opts *opts,
 
     /* Backing file name. */
     char backing_name[MAX_BACKING_NAME + 1] = "";
+    bool has_backing_name = false;
     if (backing_off != 0 && backing_len != 0) {
         if (backing_len > MAX_BACKING_NAME || backing_len > cs - backing_off)
             FAIL(-EINVAL, "%s: backing_file_size %" PRIu32 " is invalid "
@@ -362,10 +349,10 @@ static int open_image(struct qcow2 *q, const struct image_open_opts *opts,
         backing_name[backing_len] = 0;
         if (strlen(backing_name) != backing_len)
             FAIL(-EINVAL, "%s: backing file name contains a NUL byte", path);
-        q->has_backing_name = true;
+        has_backing_name = true;
     }
 
-    if (q->host.is_blockdev)
+    if (q->img.file->info.is_device)
         q->dev_clusters = (uint64_t)hsize / cs;
 
     ret = qcow2_read_snapshots(q, get_be32(c0 + HDR_NB_SNAPSHOTS),
@@ -417,46 +404,19 @@ static int open_image(struct qcow2 *q, const struct image_open_opts *opts,
         }
     }
 
-    /* The backing chain, confined under one root for the whole chain. */
-    if (q->has_backing_name) {
-        if (have_fmt && strcmp(backing_fmt, "raw") != 0 &&
-            strcmp(backing_fmt, "qcow2") != 0)
-            FAIL(-ENOTSUP, "%s: backing format '%s' is not supported (raw or "
-                 "qcow2)", path, qcow2_printable(backing_fmt, (char[16]){ 0 },
-                                                 16));
-        if (opts->backing_root) {
-            if (!realpath(opts->backing_root, root))
-                FAIL(-errno, "%s: backing_root %s: %s", path,
-                     opts->backing_root, strerror(errno));
-        } else {
-            char dir[PATH_MAX];
-            const char *slash = strrchr(path, '/');
-            if (!slash)
-                snprintf(dir, sizeof(dir), ".");
-            else if (slash == path)
-                snprintf(dir, sizeof(dir), "/");
-            else
-                snprintf(dir, sizeof(dir), "%.*s", (int)(slash - path), path);
-            if (!realpath(dir, root))
-                FAIL(-errno, "%s: cannot resolve its directory: %s", path,
-                     strerror(errno));
-        }
-        if (chain_depth >= MAX_CHAIN_DEPTH)
-            FAIL(-ELOOP, "%s: backing chain deeper than %d images (a loop?)",
-                 path, MAX_CHAIN_DEPTH);
-        chain_depth++;
-        ret = qcow2_open_backing(q, backing_name, have_fmt ? backing_fmt : NULL,
-                                 root, err, errlen);
-        chain_depth--;
-        if (ret < 0)
-            goto fail;
+    /* The backing chain is the generic layer's (block/backing.c). */
+    if (has_backing_name) {
+        q->img.backing_name = strdup(backing_name);
+        if (have_fmt)
+            q->img.backing_format = strdup(backing_fmt);
+        if (!q->img.backing_name || (have_fmt && !q->img.backing_format))
+            FAIL(-ENOMEM, "out of memory");
     }
 
-    q->img.ops = &qcow2_ops;
     q->img.info = (struct image_info){
         .format = "qcow2",
         .cluster_size = (uint32_t)cs,
-        .request_alignment = q->host.logical_block_size,
+        .request_alignment = q->img.file->info.request_alignment,
         .read_only = opts->read_only,
         .can_zero = q->version >= 3,
         .can_discard = true,
@@ -469,15 +429,10 @@ fail:
     return ret;
 }
 
-int qcow2_open(const struct image_open_opts *opts, struct image **out,
-               char *err, size_t errlen)
+static int qcow2_open(struct image *img, const struct image_open_opts *opts,
+                      char *err, size_t errlen)
 {
-    struct qcow2 *q = calloc(1, sizeof(*q));
-    if (!q) {
-        snprintf(err, errlen, "out of memory");
-        return -ENOMEM;
-    }
-    q->host.fd = -1;
+    struct qcow2 *q = to_qcow2(img);
     pthread_mutex_init(&q->lock, NULL);
     q->path = strdup(opts->path);
     if (!q->path) {
@@ -490,9 +445,23 @@ int qcow2_open(const struct image_open_opts *opts, struct image **out,
         free_qcow2(q);
         return ret;
     }
-    *out = &q->img;
     return 0;
 }
+
+static int qcow2_probe(const uint8_t *buf, size_t len, const char *filename)
+{
+    (void)filename;
+    return len >= 4 && get_be32(buf) == QCOW2_MAGIC ? 100 : 0;
+}
+
+const struct block_driver qcow2_driver = {
+    .name = "qcow2",
+    .instance_size = sizeof(struct qcow2),
+    .probe = qcow2_probe,
+    .open = qcow2_open,
+    .ops = &qcow2_ops,
+    .create = qcow2_create,
+};
 
 void qcow2_free(struct qcow2 *q)
 {

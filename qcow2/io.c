@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "block/backing.h"
 #include "common/iov.h"
 #include "common/util.h"
 #include "qcow2-internal.h"
@@ -157,8 +158,8 @@ static int read_backing(struct qcow2 *q, const struct iovec *iov, int iovcnt,
                         uint64_t goff, size_t len)
 {
     size_t from_backing = 0;
-    if (q->backing && goff < q->backing->size)
-        from_backing = (size_t)MIN((uint64_t)len, q->backing->size - goff);
+    if (q->img.backing && goff < q->img.backing->size)
+        from_backing = (size_t)MIN((uint64_t)len, q->img.backing->size - goff);
     if (from_backing) {
         struct iovec stack[16], *part = stack;
         if (iovcnt > (int)ARRAY_SIZE(stack)) {
@@ -168,7 +169,7 @@ static int read_backing(struct qcow2 *q, const struct iovec *iov, int iovcnt,
         }
         int n = iov_slice(part, iovcnt, iov, iovcnt, 0, from_backing);
         assert(n >= 0);
-        int ret = image_readv(q->backing, part, n, goff);
+        int ret = image_readv(q->img.backing, part, n, goff);
         if (part != stack)
             free(part);
         if (ret < 0)
@@ -286,7 +287,7 @@ static int qcow2_readv(struct image *img, const struct iovec *iov, int iovcnt,
         int n = slice(&s, pos, x.len);
         switch (x.kind) {
         case SC_DATA:
-            ret = host_preadv(&q->host, s.tmp, n, x.host);
+            ret = file_preadv(q->img.file, s.tmp, n, x.host);
             break;
         case SC_ZERO:
             iov_memset(s.tmp, n, 0, 0, x.len);
@@ -330,7 +331,7 @@ static int fill_old(struct qcow2 *q, uint64_t gc, const struct l2e *e,
         int ret = 0;
         switch (qcow2_sc_kind(q, e, sc)) {
         case SC_DATA:
-            ret = host_pread(&q->host, buf + from, n, e->host + from);
+            ret = file_pread(q->img.file, buf + from, n, e->host + from);
             break;
         case SC_ZERO:
             memset(buf + from, 0, n);
@@ -373,8 +374,8 @@ static bool cow_reads_zero(const struct qcow2 *q, uint64_t gc,
             break;
         case SC_UNALLOC:
             /* Zeros without a backing file, or past its end. */
-            if (q->backing &&
-                (gc << q->cluster_bits) + lo < q->backing->size)
+            if (q->img.backing &&
+                (gc << q->cluster_bits) + lo < q->img.backing->size)
                 return false;
             break;
         default:
@@ -384,7 +385,7 @@ static bool cow_reads_zero(const struct qcow2 *q, uint64_t gc,
     return true;
 }
 
-/* Is zeroing a new cluster with host_zero() and then writing only the
+/* Is zeroing a new cluster with file_zero() and then writing only the
  * request cheaper than writing the whole cluster?  On regular files with
  * FALLOC_FL_ZERO_RANGE, yes (like QEMU's handle_alloc_space).  Not on block
  * devices: write-zeroes there is synchronous device I/O, while the buffered
@@ -392,8 +393,9 @@ static bool cow_reads_zero(const struct qcow2 *q, uint64_t gc,
  * host would read-modify-write around it. */
 static bool zero_cheaply(struct qcow2 *q, uint64_t a, uint64_t b)
 {
-    return !q->host.is_blockdev && atomic_load(&q->host.can_zero_range) &&
-           IS_ALIGNED(a | b, (uint64_t)q->host.logical_block_size);
+    const struct image_info *fi = &q->img.file->info;
+    return !fi->is_device && file_zero_range_works(q->img.file) &&
+           IS_ALIGNED(a | b, (uint64_t)fi->request_alignment);
 }
 
 static bool owned_full(const struct qcow2 *q, const struct l2e *e);
@@ -418,7 +420,7 @@ static int pwrite_around(struct qcow2 *q, uint64_t h, const uint8_t *buf,
     n += iovcnt;
     if (to > b)
         v[n++] = (struct iovec){ (void *)(buf + b), to - b };
-    int ret = host_pwritev(&q->host, v, n, h + from);
+    int ret = file_pwritev(q->img.file, v, n, h + from);
     if (v != small)
         free(v);
     return ret;
@@ -477,13 +479,13 @@ static int write_in_place(struct qcow2 *q, uint64_t gc, const struct l2e *e,
  * its previous owner wrote: never fresh.  Nor is anything on a device
  * (host_end is its capacity; its blocks hold whatever was there).  After
  * a crash, a cluster past the file's end was never referenced from disk:
- * its L2 entry is written only after a host_flush that made the file's
+ * its L2 entry is written only after a file_flush that made the file's
  * new length durable along with the data.  Lock held. */
 static int64_t alloc_data_cluster(struct qcow2 *q, uint64_t *h, bool *fresh)
 {
     uint64_t end = q->host_end;
     int64_t got = qcow2_alloc_clusters(q, 1, h);
-    *fresh = got > 0 && !q->host.is_blockdev && *h >= end;
+    *fresh = got > 0 && q->img.file->info.zeroes_past_eof && *h >= end;
     return got;
 }
 
@@ -503,23 +505,23 @@ static int fill_new_cluster(struct qcow2 *q, uint64_t gc, const struct l2e *e,
     uint64_t lo = lo_sc * scs, hi = hi_sc * scs;
     assert(lo <= a && b <= hi);
     if (lo == a && hi == b) /* the request covers all of it */
-        return host_pwritev(&q->host, iov, iovcnt, h + a);
+        return file_pwritev(q->img.file, iov, iovcnt, h + a);
     bool old_zero = cow_reads_zero(q, gc, e, new_alloc, a, b);
     if (old_zero && fresh)
-        return host_pwritev(&q->host, iov, iovcnt, h + a);
+        return file_pwritev(q->img.file, iov, iovcnt, h + a);
     if (old_zero && zero_cheaply(q, a, b)) {
         /* Head and tail read as zeros: let the host zero [lo, hi)
          * (fallocate: no data transferred) and write only the request.
-         * Safety: host_zero returns once the range reads as zeros, before
+         * Safety: file_zero returns once the range reads as zeros, before
          * the pwritev and before the L2 entry is set; the L2 table reaches
-         * the disk only after a host_flush (qcow2_l2_pre_write), which
+         * the disk only after a file_flush (qcow2_l2_pre_write), which
          * makes the fallocate's extent changes durable along with the
          * data.  So a crash never leaves the L2 entry pointing at a
          * cluster whose head or tail still holds a previous owner's
          * bytes. */
-        int ret = host_zero(&q->host, h + lo, hi - lo, false);
+        int ret = file_zero(q->img.file, h + lo, hi - lo, false);
         if (ret == 0)
-            return host_pwritev(&q->host, iov, iovcnt, h + a);
+            return file_pwritev(q->img.file, iov, iovcnt, h + a);
         if (ret != -ENOTSUP)
             return ret;
     }
@@ -655,7 +657,7 @@ static bool owned_full(const struct qcow2 *q, const struct l2e *e)
  * Safety is write_cluster's: the refcount increases are in the refcount
  * cache before the pwritev; the L2 entries are set only after the pwritev
  * returned, and an L2 table is written back only after the refcounts
- * (unless lazy) and a host_flush (qcow2_l2_pre_write); the old clusters
+ * (unless lazy) and a file_flush (qcow2_l2_pre_write); the old clusters
  * are freed through qcow2_free_later, once the new entries are durable. */
 static int64_t write_run(struct qcow2 *q, uint64_t gc, uint64_t m,
                          const struct iovec *iov, int iovcnt, bool shared)
@@ -696,7 +698,7 @@ static int64_t write_run(struct qcow2 *q, uint64_t gc, uint64_t m,
             return -ENOMEM;
         int cnt = iov_slice(pv, iovcnt, iov, iovcnt, 0, n * cs);
         assert(cnt >= 0);
-        ret = host_pwritev(&q->host, pv, cnt, old[0].host);
+        ret = file_pwritev(q->img.file, pv, cnt, old[0].host);
         if (pv != part)
             free(pv);
         return ret < 0 ? ret : (int64_t)(n * cs);
@@ -734,7 +736,7 @@ static int64_t write_run(struct qcow2 *q, uint64_t gc, uint64_t m,
     } else {
         int cnt = iov_slice(pv, iovcnt, iov, iovcnt, 0, n * cs);
         assert(cnt >= 0);
-        ret = host_pwritev(&q->host, pv, cnt, h);
+        ret = file_pwritev(q->img.file, pv, cnt, h);
         if (pv != part)
             free(pv);
     }
@@ -845,7 +847,7 @@ static bool reads_zero(const struct qcow2 *q, const struct l2e *e,
     for (unsigned sc = (unsigned)(a / q->sc_size);
          sc < DIV_ROUND_UP(b, q->sc_size); sc++) {
         enum sc_kind k = qcow2_sc_kind(q, e, sc);
-        if (!(k == SC_ZERO || (k == SC_UNALLOC && !q->backing)))
+        if (!(k == SC_ZERO || (k == SC_UNALLOC && !q->img.backing)))
             return false;
     }
     return true;
@@ -872,7 +874,7 @@ static int zero_cluster(struct qcow2 *q, uint64_t gc, uint64_t a, uint64_t b,
 
     if (a == 0 && b == cs) {
         bool keep = false;
-        if (!q->backing && (mode == Z_DISCARD || (!v3 && mode == Z_UNMAP))) {
+        if (!q->img.backing && (mode == Z_DISCARD || (!v3 && mode == Z_UNMAP))) {
             entry = 0; /* unallocated reads as zeros without a backing file */
         } else if (v3) {
             keep = mode == Z_KEEP && owned;
@@ -902,7 +904,7 @@ static int zero_cluster(struct qcow2 *q, uint64_t gc, uint64_t a, uint64_t b,
          * may still hold other subclusters' data). */
         uint32_t m = sc_mask((unsigned)(a / scs), (unsigned)(b / scs));
         uint32_t alloc = e.alloc & ~m, zero = e.zero | m;
-        if (mode == Z_DISCARD && !q->backing)
+        if (mode == Z_DISCARD && !q->img.backing)
             zero &= ~m;
         entry = e.host ? e.host | (e.copied ? OFLAG_COPIED : 0) : 0;
         bitmap = (uint64_t)zero << 32 | alloc;
@@ -989,19 +991,12 @@ static int qcow2_block_status(struct image *img, uint64_t off, uint64_t len,
         *kind = IMAGE_EXTENT_ZERO;
         return 0;
     case SC_UNALLOC:
-        break;
-    }
-    /* Unallocated here: what shows through is the backing file's. */
-    if (!q->backing || off >= q->backing->size) {
+        /* This layer only: what shows through is the backing child's
+         * (image_block_status_above). */
         *kind = IMAGE_EXTENT_UNALLOCATED;
         return 0;
     }
-    uint64_t n;
-    ret = image_block_status(q->backing, off,
-                             MIN(x.len, q->backing->size - off), kind, &n);
-    if (ret == 0)
-        *extent_len = n;
-    return ret;
+    abort();
 }
 
 /* Is there metadata that a flush must write (in order) before the data
@@ -1013,7 +1008,7 @@ static bool metadata_to_sync(struct qcow2 *q)
 }
 
 /* Without metadata to write (in-place overwrites, or nothing since the
- * last flush) a flush is host_flush alone, and that runs without q->lock:
+ * last flush) a flush is file_flush alone, and that runs without q->lock:
  * an fdatasync can take long, and other commands need the lock to map
  * their clusters.  Safe because a write is acknowledged only after its L2
  * entry is in the cache: any write that completed before this flush began
@@ -1024,7 +1019,7 @@ static int qcow2_flush(struct image *img)
     pthread_mutex_lock(&q->lock);
     if (qcow2_is_corrupt(q) || !metadata_to_sync(q)) {
         pthread_mutex_unlock(&q->lock);
-        return host_flush(&q->host);
+        return file_flush(q->img.file);
     }
     int ret = qcow2_meta_sync(q);
     pthread_mutex_unlock(&q->lock);
@@ -1035,18 +1030,18 @@ static int qcow2_close(struct image *img)
 {
     struct qcow2 *q = to_qcow2(img);
     int ret = 0;
-    if (!q->host.read_only) {
+    if (!q->img.info.read_only) {
         pthread_mutex_lock(&q->lock);
         assert(q->ranges == NULL);
         if (qcow2_is_corrupt(q)) {
-            ret = host_flush(&q->host);
+            ret = file_flush(q->img.file);
         } else {
             ret = qcow2_meta_sync(q);
             /* Lazy refcounts: write them out, then say they are right. */
             if (ret == 0 && (q->incompat & INCOMPAT_DIRTY)) {
                 ret = cache_writeback(q->rb_cache, false);
                 if (ret == 0)
-                    ret = host_flush(&q->host);
+                    ret = file_flush(q->img.file);
                 if (ret == 0)
                     ret = qcow2_write_header_u64(q, HDR_INCOMPAT,
                                                  q->incompat &
@@ -1066,6 +1061,7 @@ void qcow2_simulate_crash(struct image *img)
     cache_invalidate(q->l2_cache);
     cache_invalidate(q->rb_cache);
     qcow2_free(q);
+    image_free_node(img);
 }
 
 const struct image_ops qcow2_ops = {

@@ -3,7 +3,6 @@
  * Layout of the engine (one concept per file):
  *   header.c    open: parse and validate the header, extensions, tables;
  *               in-place header field updates (feature bits, reftable)
- *   backing.c   resolve, confine and open the backing file
  *   snapshot.c  parse and validate the internal snapshot table
  *   cache.c     bounded write-back cache of cluster-sized tables
  *               (one instance for L2 tables, one for refcount blocks)
@@ -33,10 +32,13 @@
  * allocation half done, and a host cluster is never freed (its L2 entry
  * changed) while a request on that guest cluster still uses it.
  *
+ * Lock order with the layers above and below (SCSI, other nodes, host):
+ * docs/locking.md.
+ *
  * Crash ordering (see /work/shared/notes/qcow2.md):
  *   - data is written (pwritev returned) before the L2 entry is updated in
  *     the cache; a dirty L2 table is written back only after the refcount
- *     cache was written back (unless lazy refcounts) and host_flush();
+ *     cache was written back (unless lazy refcounts) and file_flush();
  *   - a new or copied L2 table is written and flushed before its L1 entry;
  *   - refcount decreases are queued (pending frees) and applied only after
  *     the L2/L1 change that dropped the reference is durable (meta sync).
@@ -63,7 +65,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "block/host.h"
+#include "block/file.h"
 #include "block/image.h"
 
 #define QCOW2_MAGIC 0x514649fbu /* "QFI\xfb" */
@@ -123,7 +125,6 @@
 #define MAX_SNAPSHOTS      65536u
 #define MAX_SNAPSHOT_TABLE_BYTES (64u << 20)
 #define MAX_BACKING_NAME   1023u
-#define MAX_CHAIN_DEPTH    32
 
 /* What one guest subcluster (or whole cluster without extended L2) is. */
 enum sc_kind {
@@ -156,8 +157,8 @@ struct snapshot {
 };
 
 struct qcow2 {
-    struct image img;         /* first: struct image * casts to qcow2 */
-    struct host host;
+    struct image img;         /* first: struct image * casts to qcow2;
+                               * img.file: the host storage (block/file.h) */
     char *path;
 
     /* Header, constant after open unless noted. */
@@ -199,9 +200,8 @@ struct qcow2 {
     uint64_t snapshots_offset;
     uint64_t snapshots_bytes;
 
-    struct image *backing;    /* NULL: unallocated reads as zeros */
-    bool direct_io;           /* O_DIRECT, also for the backing chain */
-    bool has_backing_name;    /* header names a backing file */
+    /* The backing file is the node's child q->img.backing (NULL:
+     * unallocated reads as zeros), opened by block/backing.c. */
 
     /* Runtime state, under lock. */
     pthread_mutex_t lock;
@@ -235,7 +235,7 @@ static inline bool qcow2_is_corrupt(const struct qcow2 *q)
 /* ---- header.c ---- */
 
 /* Write the 8-byte feature field at HDR_INCOMPAT/HDR_AUTOCLEAR (big endian)
- * and host_flush().  Called with lock held. */
+ * and file_flush().  Called with lock held. */
 int qcow2_write_header_u64(struct qcow2 *q, unsigned field, uint64_t v);
 
 /* Mark the image corrupt: log msg to stderr, set IMAGE_STATE_CORRUPT
@@ -247,25 +247,14 @@ int qcow2_write_header_u64(struct qcow2 *q, unsigned field, uint64_t v);
 int qcow2_corrupt(struct qcow2 *q, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
-/* Free everything an open image holds (closes the backing image and the
- * host fd) without writing anything. */
+/* Release everything the driver holds (the host fd, tables, caches)
+ * without writing anything; the node itself and its children are the
+ * generic layer's (image_close, image_free_node). */
 void qcow2_free(struct qcow2 *q);
 
 /* Before the first modification: clear autoclear bits, set the dirty bit
  * under lazy refcounts.  Idempotent.  Lock held. */
 int qcow2_prepare_write(struct qcow2 *q);
-
-/* ---- backing.c ---- */
-
-/* Open the backing file named in the header (cluster0 holds cluster 0),
- * confined to root (an absolute, realpath'd directory; "/" = anything).
- * fmt: backing format extension or NULL (then probe qcow2 magic vs raw).
- * On failure writes one line into err. */
-int qcow2_open_backing(struct qcow2 *q, const char *name, const char *fmt,
-                       const char *root, char *err, size_t errlen);
-/* A string from the image (a backing file name or format), fit for a
- * one-line message: each byte outside 0x20..0x7e becomes '?'. */
-const char *qcow2_printable(const char *in, char *out, size_t outlen);
 
 /* ---- snapshot.c ---- */
 
@@ -400,5 +389,9 @@ extern const struct image_ops qcow2_ops;
 /* Test hook: drop the image as a crash would (no writeback, no header
  * update, fd closed), freeing memory.  Only for tests. */
 void qcow2_simulate_crash(struct image *img);
+
+/* create.c: a new, empty version-3 image (block_driver.create). */
+int qcow2_create(const struct image_create_opts *opts, char *err,
+                 size_t errlen);
 
 #endif

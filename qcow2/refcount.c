@@ -95,9 +95,9 @@ static int write_reftable_header(struct qcow2 *q, uint64_t off,
     uint8_t b[12];
     put_be64(b, off);
     put_be32(b + 8, clusters);
-    int ret = host_pwrite(&q->host, b, sizeof(b), HDR_REFTABLE_OFFSET);
+    int ret = file_pwrite(q->img.file, b, sizeof(b), HDR_REFTABLE_OFFSET);
     if (ret == 0)
-        ret = host_flush(&q->host);
+        ret = file_flush(q->img.file);
     return ret;
 }
 
@@ -156,16 +156,16 @@ static int grow_reftable(struct qcow2 *q, uint64_t need)
         for (uint64_t k = first; k < MIN(first + N, end); k++)
             rb_set(q, buf, k - first, 1);
         nt[old + b] = (start + b) * cs;
-        ret = host_pwrite(&q->host, buf, cs, nt[old + b]);
+        ret = file_pwrite(q->img.file, buf, cs, nt[old + b]);
         if (ret < 0)
             goto out;
     }
     for (uint64_t i = 0; i < entries; i++)
         put_be64(table + 8 * i, nt[i]);
     uint64_t table_off = (start + nblocks) * cs;
-    ret = host_pwrite(&q->host, table, tc * cs, table_off);
+    ret = file_pwrite(q->img.file, table, tc * cs, table_off);
     if (ret == 0)
-        ret = host_flush(&q->host);
+        ret = file_flush(q->img.file);
     if (ret == 0)
         ret = write_reftable_header(q, table_off, (uint32_t)tc);
     if (ret < 0)
@@ -225,16 +225,16 @@ static int ensure_block(struct qcow2 *q, uint64_t ri, uint64_t *off)
     /* Raised before the write, which may fail half done: io.c takes
      * clusters at or past host_end to read as zeros. */
     q->host_end = MAX(q->host_end, boff + cs);
-    ret = host_pwrite(&q->host, buf, cs, boff);
+    ret = file_pwrite(q->img.file, buf, cs, boff);
     free(buf);
     /* The block must be on disk before the table entry points to it. */
     if (ret == 0)
-        ret = host_flush(&q->host);
+        ret = file_flush(q->img.file);
     if (ret < 0)
         return ret;
     uint8_t e[8];
     put_be64(e, boff);
-    ret = host_pwrite(&q->host, e, 8, q->reftable_offset + ri * 8);
+    ret = file_pwrite(q->img.file, e, 8, q->reftable_offset + ri * 8);
     if (ret < 0)
         return ret;
     q->reftable[ri] = boff;
@@ -417,7 +417,7 @@ static int release(struct qcow2 *q, struct pending_free *p)
             return ret;
         uint64_t rc;
         if (qcow2_get_refcount(q, p->first, &rc) == 0 && rc == 0)
-            (void)host_discard(&q->host, p->first * cs, cs);
+            (void)file_discard(q->img.file, p->first * cs, cs);
     }
     return 0;
 }
@@ -481,7 +481,7 @@ int qcow2_l2_pre_write(struct qcow2 *q)
         if (ret < 0)
             return ret;
     }
-    return host_flush(&q->host);
+    return file_flush(q->img.file);
 }
 
 int qcow2_meta_sync(struct qcow2 *q)
@@ -491,14 +491,14 @@ int qcow2_meta_sync(struct qcow2 *q)
     if (ret == 0 && l2_dirty) {
         ret = cache_writeback(q->l2_cache, true);
         if (ret == 0)
-            ret = host_flush(&q->host);
+            ret = file_flush(q->img.file);
     }
     if (ret == 0 && q->npending) {
         ret = apply_pending(q);
         if (ret == 0 && !q->lazy)
             ret = cache_writeback(q->rb_cache, false);
         if (ret == 0)
-            ret = host_flush(&q->host);
+            ret = file_flush(q->img.file);
     }
     return ret;
 }
@@ -555,7 +555,7 @@ static int count_l1(struct qcow2 *q, struct counts *c, uint64_t l1_off,
     uint8_t *l1 = malloc((size_t)l1_size * 8);
     if (!l1)
         return -ENOMEM;
-    ret = host_pread(&q->host, l1, (size_t)l1_size * 8, l1_off);
+    ret = file_pread(q->img.file, l1, (size_t)l1_size * 8, l1_off);
     for (uint32_t i = 0; ret == 0 && i < l1_size; i++) {
         uint64_t e = get_be64(l1 + 8 * i);
         uint64_t l2 = e & L1E_OFFSET_MASK;
@@ -568,7 +568,7 @@ static int count_l1(struct qcow2 *q, struct counts *c, uint64_t l1_off,
             continue;
         ret = count(q, c, l2 / cs);
         if (ret == 0)
-            ret = host_pread(&q->host, l2buf, cs, l2);
+            ret = file_pread(q->img.file, l2buf, cs, l2);
         uint64_t n = cs / q->l2_entry_size;
         for (uint64_t j = 0; ret == 0 && j < n; j++) {
             const uint8_t *p = l2buf + j * q->l2_entry_size;
@@ -692,15 +692,15 @@ int qcow2_rebuild_refcounts(struct qcow2 *q, char *err, size_t errlen)
             }
             rb_set(q, buf, i, v);
         }
-        ret = host_pwrite(&q->host, buf, cs, pos[b] * cs);
+        ret = file_pwrite(q->img.file, buf, cs, pos[b] * cs);
         if (ret < 0)
             goto fail;
         put_be64(table + 8 * b, pos[b] * cs);
     }
     uint64_t tstart = pos[nb];
-    ret = host_pwrite(&q->host, table, tc * cs, tstart * cs);
+    ret = file_pwrite(q->img.file, table, tc * cs, tstart * cs);
     if (ret == 0)
-        ret = host_flush(&q->host);
+        ret = file_flush(q->img.file);
     if (ret == 0)
         ret = write_reftable_header(q, tstart * cs, (uint32_t)tc);
     if (ret < 0)

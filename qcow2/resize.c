@@ -98,9 +98,9 @@ static int write_l1_header(struct qcow2 *q, uint32_t entries, uint64_t off)
     uint8_t b[12];
     put_be32(b, entries);
     put_be64(b + 4, off);
-    int ret = host_pwrite(&q->host, b, sizeof(b), HDR_L1_SIZE);
+    int ret = file_pwrite(q->img.file, b, sizeof(b), HDR_L1_SIZE);
     if (ret == 0)
-        ret = host_flush(&q->host);
+        ret = file_flush(q->img.file);
     return ret;
 }
 
@@ -120,12 +120,12 @@ static int write_new_l1(struct qcow2 *q, uint32_t entries, uint64_t *off)
         free(buf);
         return ret;
     }
-    ret = host_pwrite(&q->host, buf, nclusters * cs, *off);
+    ret = file_pwrite(q->img.file, buf, nclusters * cs, *off);
     free(buf);
     if (ret == 0 && !q->lazy)
         ret = cache_writeback(q->rb_cache, false);
     if (ret == 0)
-        ret = host_flush(&q->host);
+        ret = file_flush(q->img.file);
     if (ret < 0)
         qcow2_free_now(q, *off, nclusters);
     return ret;
@@ -258,9 +258,9 @@ static int write_size(struct qcow2 *q, uint64_t size)
 {
     uint8_t b[8];
     put_be64(b, size);
-    int ret = host_pwrite(&q->host, b, sizeof(b), HDR_SIZE);
+    int ret = file_pwrite(q->img.file, b, sizeof(b), HDR_SIZE);
     if (ret == 0)
-        ret = host_flush(&q->host);
+        ret = file_flush(q->img.file);
     return ret;
 }
 
@@ -292,8 +292,8 @@ static int prepare_l1(struct qcow2 *q, uint64_t new_size, bool force,
 static int zero_exposed(struct qcow2 *q, uint64_t old)
 {
     uint64_t end = ALIGN_UP(old, q->cluster_size);
-    if (q->backing && q->backing->size > old)
-        end = MAX(end, q->backing->size);
+    if (q->img.backing && q->img.backing->size > old)
+        end = MAX(end, q->img.backing->size);
     end = MIN(end, q->img.size);
     if (end <= old)
         return 0;

@@ -53,7 +53,7 @@ int qcow2_read_snapshots(struct qcow2 *q, uint32_t nb, uint64_t offset,
                      q->path, nb);
             return -EINVAL;
         }
-        int ret = host_pread(&q->host, h, sizeof(h), offset + pos);
+        int ret = file_pread(q->img.file, h, sizeof(h), offset + pos);
         if (ret < 0) {
             snprintf(err, errlen, "%s: cannot read the snapshot table",
                      q->path);

@@ -72,7 +72,8 @@ struct scsi_lun {
     uint64_t naa_id;           /* NAA locally assigned, from the serial */
 
     /* COMPARE AND WRITE must be atomic against writes to the same blocks:
-     * writers hold this shared, COMPARE AND WRITE holds it exclusive. */
+     * writers hold this shared, COMPARE AND WRITE holds it exclusive.
+     * First in the lock order across layers (docs/locking.md). */
     pthread_rwlock_t write_lock;
 
     /* Drain: every command holds it shared from start to end;

@@ -225,7 +225,8 @@ int sbc_get_lba_status(struct scsi_lun *lun, struct scsi_cmd *cmd)
         while (left > 0) {
             enum image_extent_kind kind;
             uint64_t ext;
-            int ret = image_block_status(lun->img, off, left, &kind, &ext);
+            int ret = image_block_status_above(lun->img, NULL, off, left,
+                                               &kind, &ext, NULL);
             if (ret < 0)
                 return scsi_fail_errno(cmd, ret, cur, false);
             int s = kind == IMAGE_EXTENT_DATA ? LBA_MAPPED : LBA_DEALLOCATED;

@@ -6,9 +6,10 @@
  *  - the result is 0 or -EINVAL; on -EINVAL, err is a NUL-terminated,
  *    non-empty string inside its buffer;
  *  - on success the config holds only what the parser promises: an
- *    absolute NUL-terminated path, format raw or qcow2, a serial of 0..40
- *    printable non-space characters, a known cache mode, at most one kind
- *    of soft threshold, a percentage <= 100, absolute (or "off") paths;
+ *    absolute NUL-terminated path, a format block/ has a driver for, a
+ *    serial of 0..40 printable non-space characters, a known cache mode,
+ *    at most one kind of soft threshold, a percentage <= 100, absolute
+ *    (or "off") paths;
  *  - parsing is canonical: a cfgstring rebuilt from the result parses to
  *    the identical config.
  */
@@ -17,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "block/driver.h"
 #include "handler/config.h"
 
 #define FAIL_IF(cond)                                                       \
@@ -37,7 +39,7 @@ static void check_config(const struct qlun_config *c)
 {
     FAIL_IF(!terminated(c->path, sizeof(c->path)));
     FAIL_IF(c->path[0] != '/');
-    FAIL_IF(strcmp(c->format, "raw") != 0 && strcmp(c->format, "qcow2") != 0);
+    FAIL_IF(!block_driver_find(c->format));
     FAIL_IF(c->cache > QLUN_CACHE_DIRECTSYNC);
     FAIL_IF(!terminated(c->serial, sizeof(c->serial)));
     for (const char *p = c->serial; *p; p++)

@@ -175,7 +175,8 @@ static void walk_status(struct image *img, uint64_t off, uint64_t len)
     for (int steps = 0; len > 0 && steps < 64; steps++) {
         enum image_extent_kind kind;
         uint64_t n = 0;
-        int ret = image_block_status(img, off, len, &kind, &n);
+        int ret = image_block_status_above(img, NULL, off, len, &kind, &n,
+                                           NULL);
         FAIL_IF(ret > 0);
         if (ret < 0)
             return;

@@ -227,7 +227,8 @@ QT_FN bool qt_compare_image(struct image *img, const uint8_t *expect,
     for (uint64_t off = 0; off < size;) {
         enum image_extent_kind k;
         uint64_t n;
-        int ret = image_block_status(img, off, size - off, &k, &n);
+        int ret = image_block_status_above(img, NULL, off, size - off, &k,
+                                           &n, NULL);
         if (ret < 0) {
             QT_FAIL("%s: block status at %" PRIu64 ": %s", what, off,
                     strerror(-ret));

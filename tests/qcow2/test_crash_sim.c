@@ -853,7 +853,7 @@ static void run_config(const struct config *c, unsigned idx)
         free(guest);
         return;
     }
-    rp.img_fd = to_qcow2(img)->host.fd;
+    rp.img_fd = file_host(img->file)->fd;
     workload(img, c, &r);
     /* The live image must read as the guest writes say: this checks the
      * model (discard and zero semantics) as much as the engine. */

@@ -169,7 +169,8 @@ static void *flusher(void *arg)
         /* The shared region is backing data, never zero. */
         enum image_extent_kind k;
         uint64_t n, off = SHARED + qt_below(&r, SHARED_LEN - 4096);
-        ret = image_block_status(s->img, off, 4096, &k, &n);
+        ret = image_block_status_above(s->img, NULL, off, 4096, &k, &n,
+                                       NULL);
         if (ret < 0 || k != IMAGE_EXTENT_DATA)
             fail(s, "block status in the shared region: %d kind %d", ret,
                  (int)k);

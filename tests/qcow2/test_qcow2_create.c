@@ -14,12 +14,12 @@
 
 static char dir[PATH_MAX];
 
-static int make_overlay(struct image *top, const char *top_path,
-                        const char *path, const char *root, uint32_t cs,
-                        char *err, size_t errlen)
+static int make_overlay(struct image *top, const char *path,
+                        const char *root, uint32_t cs, char *err,
+                        size_t errlen)
 {
     err[0] = 0;
-    return image_create_overlay(top, top_path, path, root, cs, err, errlen);
+    return image_create_overlay(top, path, root, cs, err, errlen);
 }
 
 static bool info_has(const char *img, const char *needle)
@@ -48,7 +48,7 @@ static void overlay_over_qcow2(uint32_t cs)
         QT_FAIL("cannot open %s", base);
         return;
     }
-    int ret = make_overlay(top, base, ov, dir, cs, err, sizeof(err));
+    int ret = make_overlay(top, ov, dir, cs, err, sizeof(err));
     image_close(top);
     if (ret < 0) {
         QT_FAIL("overlay with %u-byte clusters: %s (%d)", cs, err, ret);
@@ -101,13 +101,13 @@ static void overlay_over_raw(void)
         return;
     }
     snprintf(ov, sizeof(ov), "%s/ov-raw.qcow2", dir);
-    QT_CHECK(make_overlay(top, base, ov, dir, 0, err, sizeof(err)) == 0);
+    QT_CHECK(make_overlay(top, ov, dir, 0, err, sizeof(err)) == 0);
     QT_CHECK(info_has(ov, "\"cluster-size\": 65536"));
     QT_CHECK(info_has(ov, "\"backing-filename-format\": \"raw\""));
     QT_CHECK(info_has(ov, "\"backing-filename\": \"base.raw\""));
     QT_CHECK(qt_check(ov) == 0);
     snprintf(ov, sizeof(ov), "%s/ov-raw-512.qcow2", dir);
-    QT_CHECK(make_overlay(top, base, ov, dir, 512, err, sizeof(err)) == 0);
+    QT_CHECK(make_overlay(top, ov, dir, 512, err, sizeof(err)) == 0);
     QT_CHECK(qt_check(ov) == 0);
     QT_CHECK(info_has(ov, "\"virtual-size\": 2147483648"));
     QT_CHECK(qt_run("qemu-img compare -q '%s' '%s'", base, ov) == 0);
@@ -128,7 +128,7 @@ static void path_rules(void)
     /* An existing file is never touched. */
     snprintf(p, sizeof(p), "%s/exists", dir);
     QT_CHECK(qt_write_file(p, "keep", 4));
-    QT_CHECK(make_overlay(top, base, p, dir, 0, err, sizeof(err)) == -EEXIST);
+    QT_CHECK(make_overlay(top, p, dir, 0, err, sizeof(err)) == -EEXIST);
     QT_CHECK(strstr(err, p) != NULL);
     size_t n;
     uint8_t *c = qt_read_file(p, &n);
@@ -137,24 +137,24 @@ static void path_rules(void)
     /* Nor what a dangling symlink points at. */
     snprintf(p, sizeof(p), "%s/link", dir);
     qt_must("ln -s '%s/target-of-link' '%s'", dir, p);
-    QT_CHECK(make_overlay(top, base, p, dir, 0, err, sizeof(err)) == -EEXIST);
+    QT_CHECK(make_overlay(top, p, dir, 0, err, sizeof(err)) == -EEXIST);
     snprintf(p, sizeof(p), "%s/target-of-link", dir);
     QT_CHECK(access(p, F_OK) != 0);
     /* Outside the root, also through "..". */
     snprintf(p, sizeof(p), "%s/sub/../../escape.qcow2", dir);
-    QT_CHECK(make_overlay(top, base, p, dir, 0, err, sizeof(err)) == -EPERM);
+    QT_CHECK(make_overlay(top, p, dir, 0, err, sizeof(err)) == -EPERM);
     QT_CHECK(strstr(err, "outside") != NULL);
     /* Relative, a directory, a missing directory. */
-    QT_CHECK(make_overlay(top, base, "ov.qcow2", dir, 0, err, sizeof(err)) ==
+    QT_CHECK(make_overlay(top, "ov.qcow2", dir, 0, err, sizeof(err)) ==
              -EINVAL);
     snprintf(p, sizeof(p), "%s/", dir);
-    QT_CHECK(make_overlay(top, base, p, dir, 0, err, sizeof(err)) == -EINVAL);
+    QT_CHECK(make_overlay(top, p, dir, 0, err, sizeof(err)) == -EINVAL);
     snprintf(p, sizeof(p), "%s/missing/ov.qcow2", dir);
-    QT_CHECK(make_overlay(top, base, p, dir, 0, err, sizeof(err)) == -ENOENT);
+    QT_CHECK(make_overlay(top, p, dir, 0, err, sizeof(err)) == -ENOENT);
     /* A bad cluster size; a backing name that does not fit the header
      * cluster: nothing left behind. */
     snprintf(p, sizeof(p), "%s/bad-cs.qcow2", dir);
-    QT_CHECK(make_overlay(top, base, p, dir, 1000, err, sizeof(err)) ==
+    QT_CHECK(make_overlay(top, p, dir, 1000, err, sizeof(err)) ==
              -EINVAL);
     QT_CHECK(access(p, F_OK) != 0);
     image_close(top);
@@ -168,10 +168,10 @@ static void path_rules(void)
         return;
     }
     snprintf(p, sizeof(p), "%s/long.qcow2", dir);
-    QT_CHECK(make_overlay(top, base, p, dir, 512, err, sizeof(err)) ==
+    QT_CHECK(make_overlay(top, p, dir, 512, err, sizeof(err)) ==
              -ENAMETOOLONG);
     QT_CHECK(access(p, F_OK) != 0);
-    QT_CHECK(make_overlay(top, base, p, dir, 4096, err, sizeof(err)) == 0);
+    QT_CHECK(make_overlay(top, p, dir, 4096, err, sizeof(err)) == 0);
     QT_CHECK(qt_check(p) == 0);
     image_close(top);
 }

@@ -195,7 +195,8 @@ static void run(const struct config *c, uint64_t seed, unsigned ops)
             counts[5]++;
             enum image_extent_kind k;
             uint64_t got;
-            ret = image_block_status(img, off, len, &k, &got);
+            ret = image_block_status_above(img, NULL, off, len, &k, &got,
+                                           NULL);
             if (ret == 0 && (got == 0 || got > len))
                 QT_FAIL("%s: block status length %" PRIu64, c->name, got);
             if (ret == 0 && k != IMAGE_EXTENT_DATA &&

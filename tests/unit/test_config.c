@@ -100,6 +100,8 @@ int main(void)
           strstr(err, "unknown option 'colour'"));
     CHECK(parse("qlun//a.img;format=vmdk", &cfg, err) < 0 &&
           strstr(err, "bad value 'vmdk' for option 'format'"));
+    /* The formats offered are block/'s driver table's. */
+    CHECK(strstr(err, "(expected raw, qcow2)") != NULL);
     CHECK(parse("qlun//a.img;readonly=maybe", &cfg, err) < 0 &&
           strstr(err, "readonly"));
     CHECK(parse("qlun//a.img;format", &cfg, err) < 0 &&
