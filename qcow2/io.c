@@ -1077,4 +1077,5 @@ const struct image_ops qcow2_ops = {
     .discard = qcow2_discard,
     .block_status = qcow2_block_status,
     .close = qcow2_close,
+    .snapshot_list = qcow2_snapshot_list,
 };

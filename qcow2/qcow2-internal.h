@@ -149,9 +149,18 @@ struct cache;
 struct pending_free;
 struct range_lock;
 
+/* One entry of the internal snapshot table.  raw is the entry as it is on
+ * disk without its padding (fixed part, extra data, id, name): the table
+ * is rewritten from these bytes, so extra data this engine does not know
+ * survives.  raw points into the block q->snapshots was allocated with
+ * (one free() releases both). */
 struct snapshot {
     uint64_t l1_offset;
     uint32_t l1_size;
+    uint32_t extra_len;
+    uint16_t id_len, name_len;
+    uint32_t raw_len;
+    const uint8_t *raw;
 };
 
 struct qcow2 {
@@ -272,6 +281,48 @@ const char *qcow2_printable(const char *in, char *out, size_t outlen);
  * Fills q->snapshots/nb_snapshots/snapshots_bytes.  One line into err. */
 int qcow2_read_snapshots(struct qcow2 *q, uint32_t nb, uint64_t offset,
                          char *err, size_t errlen);
+
+/* The fields of a new snapshot table entry. */
+struct snapshot_new {
+    uint64_t l1_offset;
+    uint32_t l1_size;
+    const char *id, *name;
+    uint64_t date_sec;
+    uint32_t date_nsec;
+    uint64_t disk_size;
+};
+
+/* A snapshot table in memory, ready to be written at a new place: the
+ * entries of q->snapshots except the one at index skip (skip >= nb:
+ * none), then add (if not NULL).  One block, as qcow2_read_snapshots
+ * makes it: snaps (the parsed entries, NULL when there are none), then
+ * buf (the padded table, bytes long) which they point into. */
+struct snapshot_table {
+    uint8_t *buf;
+    uint64_t bytes;
+    struct snapshot *snaps;
+    uint32_t nb;
+};
+int qcow2_build_snapshot_table(const struct qcow2 *q, uint32_t skip,
+                               const struct snapshot_new *add,
+                               struct snapshot_table *t);
+void qcow2_free_snapshot_table(struct snapshot_table *t);
+/* The index of the snapshot whose id, else whose name, is s; -1: none. */
+int64_t qcow2_find_snapshot(const struct qcow2 *q, const char *s);
+/* The id and the name of snapshot i, equal to s? */
+bool qcow2_snapshot_id_is(const struct snapshot *sn, const char *s);
+bool qcow2_snapshot_name_is(const struct snapshot *sn, const char *s);
+/* The lowest free numeric id as QEMU picks it (highest numeric id + 1). */
+uint64_t qcow2_next_snapshot_id(const struct qcow2 *q);
+/* struct image_ops.snapshot_list. */
+int qcow2_snapshot_list(struct image *img, struct image_snapshot_info **out,
+                        size_t *n);
+
+/* ---- snapshot_ops.c ---- */
+
+/* struct image_ops.snapshot_create and snapshot_delete. */
+int qcow2_snapshot_create(struct image *img, const char *name);
+int qcow2_snapshot_delete(struct image *img, const char *name_or_id);
 
 /* ---- cache.c ---- */
 
