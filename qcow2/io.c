@@ -1077,5 +1077,7 @@ const struct image_ops qcow2_ops = {
     .discard = qcow2_discard,
     .block_status = qcow2_block_status,
     .close = qcow2_close,
+    .snapshot_create = qcow2_snapshot_create,
+    .snapshot_delete = qcow2_snapshot_delete,
     .snapshot_list = qcow2_snapshot_list,
 };

@@ -8,7 +8,8 @@
  *   cache.c     bounded write-back cache of cluster-sized tables
  *               (one instance for L2 tables, one for refcount blocks)
  *   refcount.c  refcount lookup/update, cluster allocation, refcount table
- *               growth, deferred frees, rebuild after a crash (dirty bit)
+ *               growth, deferred frees, rebuild after a crash (dirty bit),
+ *               COPIED flags derived from the refcounts
  *   cluster.c   L2 entry decoding/validation, L2 table allocation and COW
  *   overlap.c   guest data never written over metadata (overlap checks)
  *   compress.c  zlib (raw deflate) and zstd decompression of one cluster
@@ -395,6 +396,11 @@ int qcow2_rebuild_refcounts(struct qcow2 *q, char *err, size_t errlen);
 /* Host clusters spanned by a compressed descriptor: first byte, bytes. */
 void qcow2_compressed_range(const struct qcow2 *q, uint64_t entry,
                             uint64_t *off, uint64_t *len);
+/* Make COPIED in the active L1 and L2 tables say exactly "refcount is
+ * 1" (the v3 rule, and what the write path trusts to write in place),
+ * and write what changed: L2 tables (after the refcounts), then the L1
+ * table, flushed.  Lock held. */
+int qcow2_sync_copied(struct qcow2 *q);
 /* pre_write hook of the L2 cache: refcounts (unless lazy) then flush. */
 int qcow2_l2_pre_write(struct qcow2 *q);
 

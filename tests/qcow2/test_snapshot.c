@@ -168,12 +168,95 @@ static void test_raw_has_none(void)
     image_close(im);
 }
 
+/* ---- create and delete: content and refcounts ---- */
+
+/* Pattern A; snapshot s1; B over parts; s2; C over parts: qemu-img reads
+ * s1 as A, s2 as A+B, the image as A+B+C, and checks it clean.  Then s1
+ * is deleted (by id) while s2 stays right; then s2 (by name).  opts:
+ * qemu-img create -o; compressed: A is written by qemu-img convert -c
+ * (compressed clusters, several per host cluster). */
+static void test_content(const char *opts, uint64_t size, bool compressed)
+{
+    char img[4200], raw[4200];
+    img_path(img, sizeof(img), "content.qcow2");
+    img_path(raw, sizeof(raw), "a.raw");
+    uint8_t *a = calloc(1, size), *ab = NULL, *abc = NULL;
+    fill(a, size / 2, 0x11); /* the second half stays unallocated */
+    if (compressed) {
+        qt_write_file(raw, a, size);
+        qt_must("qemu-img convert -c -f raw -O qcow2 -o %s '%s' '%s'", opts,
+                raw, img);
+    } else {
+        qt_must("qemu-img create -q -f qcow2 -o %s '%s' %" PRIu64, opts, img,
+                size);
+    }
+    struct image *im;
+    if (qt_open(img, false, NULL, &im) < 0) {
+        QT_FAIL("open %s", opts);
+        goto out;
+    }
+    if (!compressed)
+        QT_CHECK(image_write(im, a, size / 2, 0, 0) == 0);
+    QT_CHECK(snap_create(im, "s1") == 0);
+    ab = malloc(size);
+    memcpy(ab, a, size);
+    put(im, ab, 512, 3000, 0x22);                  /* partial cluster */
+    put(im, ab, size / 4, size / 2, 0x23);         /* into unallocated */
+    QT_CHECK(snap_create(im, "s2") == 0);
+    QT_CHECK(snap_create(im, "s2") == -EEXIST);
+    abc = malloc(size);
+    memcpy(abc, ab, size);
+    put(im, abc, 0, size / 8, 0x33);
+    put(im, abc, size - 4096, 4096, 0x34);
+    QT_CHECK(image_close(im) == 0);
+
+    QT_CHECK(qt_check(img) == 0);
+    QT_CHECK(qemu_lists(img, "s1", NULL) && qemu_lists(img, "s2", NULL));
+    content_is(img, "s1", a, size);
+    content_is(img, "s2", ab, size);
+    content_is(img, NULL, abc, size);
+
+    if (qt_open(img, false, NULL, &im) < 0) {
+        QT_FAIL("reopen %s", opts);
+        goto out;
+    }
+    QT_CHECK(snap_delete(im, "1") == 0);   /* s1, by its id */
+    QT_CHECK(snap_delete(im, "s1") == -ENOENT);
+    QT_CHECK(qt_compare_image(im, abc, "after delete s1"));
+    QT_CHECK(image_close(im) == 0);
+    QT_CHECK(qt_check(img) == 0);
+    QT_CHECK(!qemu_lists(img, "s1", NULL));
+    content_is(img, "s2", ab, size);
+    content_is(img, NULL, abc, size);
+
+    if (qt_open(img, false, NULL, &im) < 0) {
+        QT_FAIL("reopen %s", opts);
+        goto out;
+    }
+    QT_CHECK(snap_delete(im, "s2") == 0);
+    QT_CHECK(image_close(im) == 0);
+    QT_CHECK(qt_check(img) == 0);
+    content_is(img, NULL, abc, size);
+out:
+    free(a);
+    free(ab);
+    free(abc);
+    unlink(img);
+    unlink(raw);
+}
+
 int main(void)
 {
     qt_require_qemu();
     qt_mkdtemp(dir, sizeof(dir), "test_snapshot");
     test_list_qemu_made();
     test_raw_has_none();
+    test_content("cluster_size=65536", 8u << 20, false);
+    test_content("cluster_size=512", 1u << 20, false);
+    test_content("cluster_size=2M", 16u << 20, false);
+    test_content("cluster_size=65536,extended_l2=on", 8u << 20, false);
+    test_content("cluster_size=65536", 4u << 20, true);
+    test_content("cluster_size=4096,refcount_bits=16", 2u << 20, true);
     qt_rmtree(dir);
     return qt_summary("test_snapshot");
 }
