@@ -245,6 +245,149 @@ out:
     unlink(raw);
 }
 
+/* A snapshot qemu-img made is deleted by the engine (clean check, the
+ * other one intact); qemu-img snapshot -a reverts to one the engine made,
+ * including its disk size (the image was resized after it). */
+static void test_interop(void)
+{
+    char img[4200];
+    img_path(img, sizeof(img), "interop.qcow2");
+    const uint64_t size = 4u << 20;
+    uint8_t *a = calloc(1, size), *b = NULL;
+    qt_must("qemu-img create -q -f qcow2 '%s' %" PRIu64, img, size);
+    qt_must("qemu-io -c 'write -P 0x41 0 1M' '%s'", img);
+    qt_must("qemu-img snapshot -c qemu1 '%s'", img);
+    memset(a, 0x41, 1u << 20);
+    struct image *im;
+    if (qt_open(img, false, NULL, &im) < 0) {
+        QT_FAIL("open");
+        goto out;
+    }
+    put(im, a, 4096, 8192, 0x42);
+    QT_CHECK(snap_create(im, "ours") == 0);
+    b = malloc(size);
+    memcpy(b, a, size);
+    put(im, b, 0, 65536, 0x43);
+    QT_CHECK(snap_delete(im, "qemu1") == 0);
+    QT_CHECK(image_close(im) == 0);
+    QT_CHECK(qt_check(img) == 0);
+    QT_CHECK(!qemu_lists(img, "qemu1", NULL));
+    content_is(img, "ours", a, size);
+
+    /* Offline revert by QEMU, after growing the image. */
+    qt_must("qemu-img resize -q '%s' 8M", img);
+    qt_must("qemu-img snapshot -a ours '%s'", img);
+    char out[4096];
+    qt_run_out(out, sizeof(out), "qemu-img info --output=json '%s'", img);
+    QT_CHECK(strstr(out, "\"virtual-size\": 4194304") != NULL);
+    content_is(img, NULL, a, size);
+    QT_CHECK(qt_check(img) == 0);
+out:
+    free(a);
+    free(b);
+    unlink(img);
+}
+
+/* Refusals that must change nothing: an empty or control-character name,
+ * a version 2 image, refcount_bits=1 (a cluster cannot be shared), and a
+ * refcount that would overflow half-way through (refcount_bits=2: the
+ * third snapshot would need 4 references; the ones already added are
+ * taken back). */
+static void test_refusals(void)
+{
+    char img[4200];
+    img_path(img, sizeof(img), "refuse.qcow2");
+    const uint64_t size = 1u << 20;
+    uint8_t *m = calloc(1, size);
+    struct image *im;
+
+    qt_must("qemu-img create -q -f qcow2 -o compat=0.10 '%s' 1M", img);
+    if (qt_open(img, false, NULL, &im) == 0) {
+        QT_CHECK(snap_create(im, "") == -EINVAL);
+        QT_CHECK(snap_create(im, "a\nb") == -EINVAL);
+        QT_CHECK(snap_create(im, "v2") == -ENOTSUP);
+        image_close(im);
+    }
+    QT_CHECK(qt_check(img) == 0);
+
+    qt_must("qemu-img create -q -f qcow2 -o refcount_bits=1 '%s' 1M", img);
+    if (qt_open(img, false, NULL, &im) == 0) {
+        put(im, m, 0, 200000, 0x51);
+        QT_CHECK(snap_create(im, "one") == -EOVERFLOW);
+        put(im, m, 100000, 1000, 0x52); /* still in place, still works */
+        image_close(im);
+    }
+    QT_CHECK(qt_check(img) == 0);
+    QT_CHECK(!qemu_lists(img, "one", NULL));
+    content_is(img, NULL, m, size);
+
+    qt_must("qemu-img create -q -f qcow2 -o refcount_bits=2 '%s' 1M", img);
+    memset(m, 0, size);
+    if (qt_open(img, false, NULL, &im) == 0) {
+        put(im, m, 0, 300000, 0x61);
+        QT_CHECK(snap_create(im, "r1") == 0);
+        put(im, m, 0, 70000, 0x62); /* some clusters at 1 again */
+        QT_CHECK(snap_create(im, "r2") == 0);
+        QT_CHECK(snap_create(im, "r3") == -EOVERFLOW);
+        QT_CHECK(!(image_state(im) & IMAGE_STATE_CORRUPT));
+        put(im, m, 0, 1000, 0x63);
+        image_close(im);
+    }
+    QT_CHECK(qt_check(img) == 0);
+    QT_CHECK(qemu_lists(img, "r2", NULL) && !qemu_lists(img, "r3", NULL));
+    content_is(img, NULL, m, size);
+    free(m);
+    unlink(img);
+}
+
+/* Writes after a snapshot copy (a new host cluster: host_end grows, the
+ * snapshot keeps the old data); once the snapshot is deleted, writes into
+ * the clusters that are again only the image's go in place (host_end
+ * stays).  Also under lazy refcounts, where the dirty bit stays set. */
+static void test_cow_then_in_place(const char *opts)
+{
+    char img[4200];
+    img_path(img, sizeof(img), "cow.qcow2");
+    const uint64_t size = 4u << 20;
+    uint8_t *m = calloc(1, size), *old = NULL;
+    qt_must("qemu-img create -q -f qcow2 -o %s '%s' 4M", opts, img);
+    struct image *im;
+    if (qt_open(img, false, NULL, &im) < 0) {
+        QT_FAIL("open");
+        goto out;
+    }
+    struct qcow2 *q = to_qcow2(im);
+    put(im, m, 0, 1u << 20, 0x71);
+    QT_CHECK(image_flush(im) == 0);
+    uint64_t end0 = q->host_end;
+    put(im, m, 0, 65536, 0x72);                      /* owned: in place */
+    QT_CHECK(q->host_end == end0);
+    QT_CHECK(snap_create(im, "keep") == 0);
+    old = malloc(size);
+    memcpy(old, m, size);
+    uint64_t end1 = q->host_end;
+    put(im, m, 65536, 65536, 0x73);                  /* shared: copied */
+    QT_CHECK(q->host_end > end1);
+    QT_CHECK(image_flush(im) == 0);
+    size_t len = 0;
+    uint8_t *kept = qt_qemu_raw(img, dir, &len, "-U -l snapshot.name=keep");
+    QT_CHECK(kept && len == size && qt_first_diff(kept, old, size) < 0);
+    free(kept);
+    QT_CHECK(snap_delete(im, "keep") == 0);
+    QT_CHECK(image_flush(im) == 0);
+    uint64_t end2 = q->host_end;
+    put(im, m, 3 * 65536, 5 * 65536, 0x74);          /* owned again */
+    put(im, m, 65536, 4096, 0x75);
+    QT_CHECK(q->host_end == end2);
+    QT_CHECK(image_close(im) == 0);
+    QT_CHECK(qt_check(img) == 0);
+    content_is(img, NULL, m, size);
+out:
+    free(m);
+    free(old);
+    unlink(img);
+}
+
 int main(void)
 {
     qt_require_qemu();
@@ -257,6 +400,10 @@ int main(void)
     test_content("cluster_size=65536,extended_l2=on", 8u << 20, false);
     test_content("cluster_size=65536", 4u << 20, true);
     test_content("cluster_size=4096,refcount_bits=16", 2u << 20, true);
+    test_interop();
+    test_refusals();
+    test_cow_then_in_place("cluster_size=65536");
+    test_cow_then_in_place("cluster_size=65536,lazy_refcounts=on");
     qt_rmtree(dir);
     return qt_summary("test_snapshot");
 }
