@@ -206,6 +206,10 @@ static void snapshot_error(char *err, size_t errlen, const char *what,
         break;
     case -EROFS: why = "the image is read-only or write-protected"; break;
     case -EFBIG: why = "the snapshot table would grow too large"; break;
+    case -ENOTSUP:
+        why = "not supported for this image (qcow2: needs version 3, "
+              "compat=1.1)";
+        break;
     default: why = strerror(-ret); break;
     }
     snprintf(err, errlen, "snapshot %s '%s': %s", what,

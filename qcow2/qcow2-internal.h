@@ -40,6 +40,11 @@
  *   - a new or copied L2 table is written and flushed before its L1 entry;
  *   - refcount decreases are queued (pending frees) and applied only after
  *     the L2/L1 change that dropped the reference is durable (meta sync).
+ *   - snapshot create/delete (snapshot_ops.c) change refcounts and COPIED
+ *     flags together, which no order makes consistent at every instant:
+ *     they run with the dirty bit set (the rebuild at open then re-derives
+ *     both); the new snapshot table and L1 copy are written and flushed
+ *     before the one header write that switches tables.
  *
  * Memory.  Bounded, set at open (cache_size.c): by default the L2 cache
  * holds every L2 table of the virtual disk (one table maps cluster_size/8
