@@ -10,7 +10,10 @@
  * deleted go in place again (no allocation).
  */
 #include <assert.h>
+#include <sys/stat.h>
 #include <time.h>
+
+#include "block/host.h"
 
 #include "common/util.h"
 #include "qcow2/qcow2-internal.h"
@@ -388,6 +391,57 @@ out:
     unlink(img);
 }
 
+static unsigned fallocate_calls;
+
+static int counting_fallocate(int fd, int mode, off_t off, off_t len)
+{
+    fallocate_calls++;
+    return fallocate(fd, mode, off, len);
+}
+
+static int64_t file_blocks(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0 ? (int64_t)st.st_blocks * 512 : -1;
+}
+
+/* Deleting a snapshot whose clusters the image no longer uses gives them
+ * back to the host, in runs (a hole per contiguous run, not per
+ * cluster). */
+static void test_delete_gives_back(void)
+{
+    char img[4200];
+    img_path(img, sizeof(img), "giveback.qcow2");
+    const uint64_t size = 4u << 20;
+    uint8_t *m = calloc(1, size);
+    qt_must("qemu-img create -q -f qcow2 '%s' 4M", img);
+    struct image *im;
+    if (qt_open(img, false, NULL, &im) < 0) {
+        QT_FAIL("open");
+        free(m);
+        return;
+    }
+    put(im, m, 0, 2u << 20, 0x81);
+    QT_CHECK(snap_create(im, "old") == 0);
+    put(im, m, 0, 2u << 20, 0x82); /* 32 clusters copied */
+    QT_CHECK(image_flush(im) == 0);
+    int64_t before = file_blocks(img);
+    fallocate_calls = 0;
+    host_sys.fallocate = counting_fallocate;
+    QT_CHECK(snap_delete(im, "old") == 0);
+    host_sys.fallocate = fallocate;
+    int64_t after = file_blocks(img);
+    QT_CHECK(before - after >= (int64_t)(2u << 20));
+    if (fallocate_calls > 4)
+        QT_FAIL("%u hole punches for 32 contiguous clusters (and a few "
+                "tables)", fallocate_calls);
+    QT_CHECK(image_close(im) == 0);
+    QT_CHECK(qt_check(img) == 0);
+    content_is(img, NULL, m, size);
+    free(m);
+    unlink(img);
+}
+
 int main(void)
 {
     qt_require_qemu();
@@ -404,6 +458,7 @@ int main(void)
     test_refusals();
     test_cow_then_in_place("cluster_size=65536");
     test_cow_then_in_place("cluster_size=65536,lazy_refcounts=on");
+    test_delete_gives_back();
     qt_rmtree(dir);
     return qt_summary("test_snapshot");
 }
