@@ -326,3 +326,78 @@ int image_insert_filter(struct image **edge, const struct block_driver *drv,
     *edge = img;
     return 0;
 }
+
+/* ---- internal snapshots ---- */
+
+/* The one message for a format without internal snapshots (raw). */
+static int no_snapshots(const struct image *img, char *err, size_t errlen)
+{
+    snprintf(err, errlen, "the %s format has no internal snapshots",
+             img->info.format);
+    return -ENOTSUP;
+}
+
+/* Why a driver's snapshot operation failed, in words for its errno. */
+static void snapshot_error(char *err, size_t errlen, const char *what,
+                           const char *name, int ret)
+{
+    char pn[64];
+    const char *why;
+    switch (ret) {
+    case -EEXIST: why = "a snapshot with that name exists"; break;
+    case -ENOENT: why = "no snapshot has that id or name"; break;
+    case -EINVAL: why = "invalid name (empty, or too long)"; break;
+    case -EOVERFLOW:
+        why = "a cluster would be referenced more often than the image's "
+              "refcount width allows (refcount_bits too small)";
+        break;
+    case -EROFS: why = "the image is read-only or write-protected"; break;
+    case -EFBIG: why = "the snapshot table would grow too large"; break;
+    case -ENOTSUP:
+        why = "not supported for this image (qcow2: needs version 3, "
+              "compat=1.1)";
+        break;
+    default: why = strerror(-ret); break;
+    }
+    snprintf(err, errlen, "snapshot %s '%s': %s", what,
+             image_printable(name, pn, sizeof(pn)), why);
+}
+
+int image_snapshot_create(struct image *img, const char *name,
+                          char *err, size_t errlen)
+{
+    if (!img->ops->snapshot_create)
+        return no_snapshots(img, err, errlen);
+    int ret = check_writable(img);
+    if (ret == 0)
+        ret = img->ops->snapshot_create(img, name);
+    if (ret < 0)
+        snapshot_error(err, errlen, "create", name, ret);
+    return ret;
+}
+
+int image_snapshot_delete(struct image *img, const char *name_or_id,
+                          char *err, size_t errlen)
+{
+    if (!img->ops->snapshot_delete)
+        return no_snapshots(img, err, errlen);
+    int ret = check_writable(img);
+    if (ret == 0)
+        ret = img->ops->snapshot_delete(img, name_or_id);
+    if (ret < 0)
+        snapshot_error(err, errlen, "delete", name_or_id, ret);
+    return ret;
+}
+
+int image_snapshot_list(struct image *img, struct image_snapshot_info **out,
+                        size_t *n, char *err, size_t errlen)
+{
+    *out = NULL;
+    *n = 0;
+    if (!img->ops->snapshot_list)
+        return no_snapshots(img, err, errlen);
+    int ret = img->ops->snapshot_list(img, out, n);
+    if (ret < 0)
+        snprintf(err, errlen, "snapshot list: %s", strerror(-ret));
+    return ret;
+}

@@ -95,6 +95,21 @@ struct image_info {
  * unless marked optional; image.c supplies the fallback for optional ones.
  * For a filter every pointer is optional: one left NULL is passed to the
  * filter's child (`file`) as it is. */
+/* One internal snapshot, as image_snapshot_list() reports it.  id and name
+ * come from the image (untrusted): bytes outside 0x20..0x7e are shown as
+ * '?', and longer strings are cut to fit (NUL-terminated). */
+struct image_snapshot_info {
+    char id[32];
+    char name[256];
+    uint64_t date_sec;       /* when it was taken (Unix time) */
+    uint32_t date_nsec;
+    uint64_t vm_clock_nsec;  /* guest clock at that time; 0 from qlun */
+    uint64_t vm_state_size;  /* saved VM state; 0 from qlun */
+    uint64_t disk_size;      /* virtual size of the disk in the snapshot */
+};
+
+/* Operations a format driver implements.  Every pointer is required unless
+ * marked optional; image.c supplies the fallback for optional ones. */
 struct image_ops {
     const char *name;
 
@@ -138,6 +153,20 @@ struct image_ops {
      * image_resize() says -ENOTSUP. */
     int (*resize)(struct image *img, uint64_t new_size, bool force,
                   char *err, size_t errlen);
+
+    /* Internal snapshots.  Optional: without them image.c says -ENOTSUP.
+     * create and delete need the image quiesced: no request in flight
+     * and none issued until they return (the caller drains the LUN). */
+    /* Take a snapshot of the current content under a new, unique name
+     * (-EEXIST if taken, -EINVAL if empty). */
+    int (*snapshot_create)(struct image *img, const char *name);
+    /* Delete the snapshot whose id, else whose name, is name_or_id
+     * (-ENOENT if none). */
+    int (*snapshot_delete)(struct image *img, const char *name_or_id);
+    /* All snapshots, in table order, in a malloc'd array (*out, *n; *out
+     * NULL when there are none); the caller frees it. */
+    int (*snapshot_list)(struct image *img, struct image_snapshot_info **out,
+                         size_t *n);
 };
 
 /* Run-time state bits (image_state()).  A driver sets them with
@@ -230,6 +259,15 @@ int64_t image_allocated_bytes(struct image *img);
  * the cause of a failure, or a note after a forced shrink (else empty). */
 int image_resize(struct image *img, uint64_t new_size, bool force,
                  char *err, size_t errlen);
+/* Internal snapshots (see struct image_ops).  A format without them
+ * (raw) gives -ENOTSUP and writes a line saying so into err; any other
+ * failure also writes its cause there.  list: *out is NULL when n is 0. */
+int image_snapshot_create(struct image *img, const char *name,
+                          char *err, size_t errlen);
+int image_snapshot_delete(struct image *img, const char *name_or_id,
+                          char *err, size_t errlen);
+int image_snapshot_list(struct image *img, struct image_snapshot_info **out,
+                        size_t *n, char *err, size_t errlen);
 /* IMAGE_STATE_* bits set so far. */
 unsigned image_state(const struct image *img);
 /* For drivers: set state bits (never clears). */

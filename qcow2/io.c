@@ -1074,4 +1074,7 @@ const struct image_ops qcow2_ops = {
     .block_status = qcow2_block_status,
     .close = qcow2_close,
     .resize = qcow2_resize,
+    .snapshot_create = qcow2_snapshot_create,
+    .snapshot_delete = qcow2_snapshot_delete,
+    .snapshot_list = qcow2_snapshot_list,
 };

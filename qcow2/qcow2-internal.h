@@ -7,7 +7,8 @@
  *   cache.c     bounded write-back cache of cluster-sized tables
  *               (one instance for L2 tables, one for refcount blocks)
  *   refcount.c  refcount lookup/update, cluster allocation, refcount table
- *               growth, deferred frees, rebuild after a crash (dirty bit)
+ *               growth, deferred frees, rebuild after a crash (dirty bit),
+ *               COPIED flags derived from the refcounts
  *   cluster.c   L2 entry decoding/validation, L2 table allocation and COW
  *   overlap.c   guest data never written over metadata (overlap checks)
  *   compress.c  zlib (raw deflate) and zstd decompression of one cluster
@@ -42,6 +43,11 @@
  *   - a new or copied L2 table is written and flushed before its L1 entry;
  *   - refcount decreases are queued (pending frees) and applied only after
  *     the L2/L1 change that dropped the reference is durable (meta sync).
+ *   - snapshot create/delete (snapshot_ops.c) change refcounts and COPIED
+ *     flags together, which no order makes consistent at every instant:
+ *     they run with the dirty bit set (the rebuild at open then re-derives
+ *     both); the new snapshot table and L1 copy are written and flushed
+ *     before the one header write that switches tables.
  *
  * Memory.  Bounded, set at open (cache_size.c): by default the L2 cache
  * holds every L2 table of the virtual disk (one table maps cluster_size/8
@@ -151,9 +157,18 @@ struct cache;
 struct pending_free;
 struct range_lock;
 
+/* One entry of the internal snapshot table.  raw is the entry as it is on
+ * disk without its padding (fixed part, extra data, id, name): the table
+ * is rewritten from these bytes, so extra data this engine does not know
+ * survives.  raw points into the block q->snapshots was allocated with
+ * (one free() releases both). */
 struct snapshot {
     uint64_t l1_offset;
     uint32_t l1_size;
+    uint32_t extra_len;
+    uint16_t id_len, name_len;
+    uint32_t raw_len;
+    const uint8_t *raw;
 };
 
 struct qcow2 {
@@ -263,6 +278,48 @@ int qcow2_prepare_write(struct qcow2 *q);
 int qcow2_read_snapshots(struct qcow2 *q, uint32_t nb, uint64_t offset,
                          char *err, size_t errlen);
 
+/* The fields of a new snapshot table entry. */
+struct snapshot_new {
+    uint64_t l1_offset;
+    uint32_t l1_size;
+    const char *id, *name;
+    uint64_t date_sec;
+    uint32_t date_nsec;
+    uint64_t disk_size;
+};
+
+/* A snapshot table in memory, ready to be written at a new place: the
+ * entries of q->snapshots except the one at index skip (skip >= nb:
+ * none), then add (if not NULL).  One block, as qcow2_read_snapshots
+ * makes it: snaps (the parsed entries, NULL when there are none), then
+ * buf (the padded table, bytes long) which they point into. */
+struct snapshot_table {
+    uint8_t *buf;
+    uint64_t bytes;
+    struct snapshot *snaps;
+    uint32_t nb;
+};
+int qcow2_build_snapshot_table(const struct qcow2 *q, uint32_t skip,
+                               const struct snapshot_new *add,
+                               struct snapshot_table *t);
+void qcow2_free_snapshot_table(struct snapshot_table *t);
+/* The index of the snapshot whose id, else whose name, is s; -1: none. */
+int64_t qcow2_find_snapshot(const struct qcow2 *q, const char *s);
+/* The id and the name of snapshot i, equal to s? */
+bool qcow2_snapshot_id_is(const struct snapshot *sn, const char *s);
+bool qcow2_snapshot_name_is(const struct snapshot *sn, const char *s);
+/* The lowest free numeric id as QEMU picks it (highest numeric id + 1). */
+uint64_t qcow2_next_snapshot_id(const struct qcow2 *q);
+/* struct image_ops.snapshot_list. */
+int qcow2_snapshot_list(struct image *img, struct image_snapshot_info **out,
+                        size_t *n);
+
+/* ---- snapshot_ops.c ---- */
+
+/* struct image_ops.snapshot_create and snapshot_delete. */
+int qcow2_snapshot_create(struct image *img, const char *name);
+int qcow2_snapshot_delete(struct image *img, const char *name_or_id);
+
 /* ---- cache.c ---- */
 
 /* A cache of nslots cluster-sized tables keyed by host offset.  All calls
@@ -334,6 +391,11 @@ int qcow2_rebuild_refcounts(struct qcow2 *q, char *err, size_t errlen);
 /* Host clusters spanned by a compressed descriptor: first byte, bytes. */
 void qcow2_compressed_range(const struct qcow2 *q, uint64_t entry,
                             uint64_t *off, uint64_t *len);
+/* Make COPIED in the active L1 and L2 tables say exactly "refcount is
+ * 1" (the v3 rule, and what the write path trusts to write in place),
+ * and write what changed: L2 tables (after the refcounts), then the L1
+ * table, flushed.  Lock held. */
+int qcow2_sync_copied(struct qcow2 *q);
 /* pre_write hook of the L2 cache: refcounts (unless lazy) then flush. */
 int qcow2_l2_pre_write(struct qcow2 *q);
 

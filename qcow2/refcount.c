@@ -503,6 +503,76 @@ int qcow2_meta_sync(struct qcow2 *q)
     return ret;
 }
 
+/* ---- COPIED from the refcounts ---- */
+
+/* COPIED of each entry of the L2 table at l2off made to match its
+ * cluster's refcount, through the cache.  Compressed entries never carry
+ * it; entries without a host cluster neither. */
+static int sync_copied_l2(struct qcow2 *q, uint64_t l2off)
+{
+    void *t;
+    int ret = cache_get(q->l2_cache, l2off, true, &t);
+    if (ret < 0)
+        return ret;
+    for (uint64_t j = 0; ret == 0 && j < (1ull << q->l2_bits); j++) {
+        uint8_t *p = (uint8_t *)t + j * q->l2_entry_size;
+        uint64_t e = get_be64(p), host = e & L2E_OFFSET_MASK, rc;
+        if ((e & OFLAG_COMPRESSED) || host == 0)
+            continue;
+        ret = qcow2_get_refcount(q, host >> q->cluster_bits, &rc);
+        uint64_t want = rc == 1 ? e | OFLAG_COPIED : e & ~OFLAG_COPIED;
+        if (ret == 0 && want != e) {
+            put_be64(p, want);
+            cache_mark_dirty(q->l2_cache, t, j * q->l2_entry_size, 8);
+        }
+    }
+    cache_put(q->l2_cache, t);
+    return ret;
+}
+
+static int write_l1_table(struct qcow2 *q)
+{
+    size_t len = (size_t)q->l1_size * 8;
+    uint8_t *b = malloc(len ? len : 1);
+    if (!b)
+        return -ENOMEM;
+    for (uint32_t i = 0; i < q->l1_size; i++)
+        put_be64(b + 8 * i, q->l1[i]);
+    int ret = file_pwrite(q->img.file, b, len, q->l1_offset);
+    free(b);
+    return ret;
+}
+
+int qcow2_sync_copied(struct qcow2 *q)
+{
+    bool l1_changed = false;
+    int ret = 0;
+    for (uint32_t i = 0; ret == 0 && i < q->l1_size; i++) {
+        uint64_t l2off, rc;
+        ret = qcow2_check_l1e(q, i, &l2off);
+        if (ret < 0 || l2off == 0)
+            continue;
+        ret = qcow2_get_refcount(q, l2off >> q->cluster_bits, &rc);
+        if (ret == 0)
+            ret = sync_copied_l2(q, l2off);
+        uint64_t want = rc == 1 ? q->l1[i] | OFLAG_COPIED
+                                : q->l1[i] & ~OFLAG_COPIED;
+        if (ret == 0 && want != q->l1[i]) {
+            q->l1[i] = want;
+            l1_changed = true;
+        }
+    }
+    /* The L2 tables first: an L1 entry with COPIED lets writes change
+     * its table in place. */
+    if (ret == 0)
+        ret = qcow2_meta_sync(q);
+    if (ret == 0 && l1_changed)
+        ret = write_l1_table(q);
+    if (ret == 0)
+        ret = file_flush(q->img.file);
+    return ret;
+}
+
 /* ---- rebuild after a crash ---- */
 
 struct counts {
@@ -723,7 +793,11 @@ int qcow2_rebuild_refcounts(struct qcow2 *q, char *err, size_t errlen)
     q->host_end = MAX(q->host_end, c.used * cs);
     q->free_hint = 0;
     cache_invalidate(q->rb_cache);
-    ret = 0;
+    /* A crash inside a snapshot create or delete (snapshot_ops.c) can
+     * leave COPIED disagreeing with the counts: derive it again. */
+    ret = qcow2_sync_copied(q);
+    if (ret < 0)
+        goto fail;
     goto out;
 fail:
     snprintf(err, errlen, "%s: the image was not closed cleanly (dirty) and "

@@ -13,8 +13,10 @@
  *
  * Op record: op, offset (3 bytes), length (2 bytes), flags, pattern.
  *   op & 7: 0 read, 1 write, 2 zero (flags bit 1: may unmap, bit 2: no
- *   fallback), 3 discard, 4 block status walk, 5 flush, 6 write with FUA,
- *   7 close and reopen (flags bit 1: read-only).
+ *   fallback), 3 discard, 4 block status walk, 5 flush (flags bit 3:
+ *   internal snapshots instead: list, then with flags bit 4 create
+ *   "s<pattern % 4>", else delete id or name pattern % 4 + 1 / "s..."),
+ *   6 write with FUA, 7 close and reopen (flags bit 1: read-only).
  *   offset = (offset field << (9 + 3 * (op >> 4 & 7))) mod virtual size;
  *   length = length field * 512 (flags bit 0: * 1, unaligned), clipped
  *   to the image end and to 256 KiB.
@@ -24,6 +26,8 @@
  *    open names its cause in one non-empty line;
  *  - block status returns an extent of 1..len bytes, and an extent it
  *    calls zero or unallocated reads as zeros;
+ *  - a snapshot list holds NUL-terminated printable ids and names; a
+ *    failed snapshot operation explains itself in one non-empty line;
  *  - after each iteration no file descriptor is left open on a file of
  *    DIR, and (LeakSanitizer) no memory is left allocated.
  */
@@ -199,6 +203,44 @@ static void walk_status(struct image *img, uint64_t off, uint64_t len)
     }
 }
 
+static bool printable_str(const char *s, size_t size)
+{
+    size_t n = strnlen(s, size);
+    if (n == size)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (s[i] < 0x20 || s[i] > 0x7e)
+            return false;
+    return true;
+}
+
+/* List, then create or delete a snapshot (see the top). */
+static int snapshot_op(struct image *img, uint8_t flags, uint8_t pattern)
+{
+    struct image_snapshot_info *l = NULL;
+    size_t n = 0;
+    char err[512] = "", name[16];
+    int ret = image_snapshot_list(img, &l, &n, err, sizeof(err));
+    FAIL_IF(ret > 0 || (ret == 0 && n > 0 && l == NULL));
+    for (size_t i = 0; ret == 0 && i < n; i++)
+        FAIL_IF(!printable_str(l[i].id, sizeof(l[i].id)) ||
+                !printable_str(l[i].name, sizeof(l[i].name)));
+    free(l);
+    err[0] = 0;
+    if (flags & 16) {
+        snprintf(name, sizeof(name), "s%u", pattern % 4);
+        ret = image_snapshot_create(img, name, err, sizeof(err));
+    } else {
+        if (pattern & 4)
+            snprintf(name, sizeof(name), "s%u", pattern % 4);
+        else
+            snprintf(name, sizeof(name), "%u", pattern % 4 + 1);
+        ret = image_snapshot_delete(img, name, err, sizeof(err));
+    }
+    FAIL_IF(ret < 0 && (err[0] == 0 || strchr(err, '\n') != NULL));
+    return ret;
+}
+
 static void run_ops(struct image *img, const uint8_t *ops, unsigned nops)
 {
     for (unsigned i = 0; i < nops && img; i++) {
@@ -241,7 +283,8 @@ static void run_ops(struct image *img, const uint8_t *ops, unsigned nops)
             walk_status(img, off, img->size - off);
             break;
         case 5:
-            ret = image_flush(img);
+            ret = flags & 8 ? snapshot_op(img, flags, pattern)
+                            : image_flush(img);
             break;
         case 7:
             ret = image_close(img);

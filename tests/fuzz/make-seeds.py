@@ -194,6 +194,19 @@ DEFAULT_OPS = [
     op(0, 1, 3000, flags=1),
 ]
 
+# Internal snapshots on the live image (op 5 with flags bit 3).
+SNAPSHOT_OPS = [
+    op(1, 8, 9, pattern=0x51),
+    op(5, flags=8 | 16, pattern=1),   # create s1
+    op(1, 0, 128, pattern=0x52),      # copy on write
+    op(5, flags=8 | 16, pattern=2),   # create s2
+    op(5, flags=8, pattern=4 | 1),    # delete s1 by name
+    op(1, 4, 8, pattern=0x53),
+    op(5, flags=8, pattern=0),        # delete id 1 (a qemu-made one?)
+    op(7),                            # reopen read-write
+    op(0, 0, 256),
+]
+
 
 def qcow2_seeds(out):
     for tool in ('qemu-img', 'qemu-io'):
@@ -298,13 +311,14 @@ def qcow2_seeds(out):
         for name, img in sorted(made.items()):
             with open(os.path.join(work, img), 'rb') as f:
                 data = f.read()
-            for i, ops in enumerate((DEFAULT_OPS, DEFAULT_OPS[:4], [])):
+            for i, ops in enumerate((DEFAULT_OPS, DEFAULT_OPS[:4], [],
+                                     SNAPSHOT_OPS)):
                 seed = data + trailer(ops) if ops else data + b'\0'
                 with open(os.path.join(out, '%s-%d' % (name, i)), 'wb') as f:
                     f.write(seed)
                 total += len(seed)
         print('make-seeds.py: %d qcow2 seeds, %d KiB' % (
-            3 * len(made), total // 1024))
+            4 * len(made), total // 1024))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
