@@ -17,6 +17,9 @@ struct qlun_dev_params {
     uint32_t block_size;       /* hw_block_size */
     uint64_t num_blocks;       /* backstore size / block_size */
     uint32_t max_xfer_blocks;  /* hw_max_sectors */
+    /* The backstore's name in LIO (management finds a LUN by it or by
+     * its serial); NULL or "" = none. */
+    const char *name;
 };
 
 struct qlun_dev {
@@ -25,6 +28,9 @@ struct qlun_dev {
     struct scsi_lun *lun;
     struct stats_file *stats;
     char serial[QLUN_SERIAL_MAX + 1];
+    char name[128];            /* the backstore's name; "" = unknown */
+    char *cfgstring;           /* as given at open (for management) */
+    bool registered;           /* in handler/registry.h's list */
     char stats_path[PATH_MAX];
     /* Non-fatal trouble at open (e.g. statistics not published). */
     char warning[PATH_MAX + 128];
@@ -34,6 +40,30 @@ struct qlun_dev {
  * naming the cause into err. */
 int qlun_dev_open(const struct qlun_dev_params *p, struct qlun_dev **out,
                   char *err, size_t errlen);
+
+/* Operations the management socket (handler/ctl*.c) asks for.  Each
+ * returns 0, or a negative errno after writing one line naming the cause
+ * into err. */
+int qlun_dev_resize(struct qlun_dev *d, uint64_t new_size, bool force,
+                    char *err, size_t errlen);
+int qlun_dev_snapshot_create(struct qlun_dev *d, const char *overlay_path,
+                             uint32_t cluster_size /* 0 = the top's */,
+                             char *err, size_t errlen);
+int qlun_dev_snapshot_internal(struct qlun_dev *d,
+                               bool create /* false = delete */,
+                               const char *name, char *err, size_t errlen);
+struct qlun_snapshot_info {
+    char id[32];
+    char name[256];
+    uint64_t date_sec;
+    uint32_t date_nsec;
+    uint64_t vm_clock_nsec;
+    uint64_t vm_state_size;
+    uint64_t disk_size;
+};
+int qlun_dev_snapshot_list(struct qlun_dev *d,
+                           struct qlun_snapshot_info **out /* malloc'd */,
+                           size_t *count, char *err, size_t errlen);
 
 /* Close and free; returns the image's close status (a clean close flushes
  * and, for qcow2, clears the dirty state).  NULL is a no-op. */
