@@ -68,11 +68,17 @@ static void conn_kill(struct conn *c)
 static void conn_send(struct conn *c, const char *line)
 {
     GOutputStream *out = g_io_stream_get_output_stream(G_IO_STREAM(c->sc));
+    GSocket *s = g_socket_connection_get_socket(c->sc);
     if (c->dead)
         return;
-    if (!g_output_stream_write_all(out, line, strlen(line), NULL, NULL,
-                                   NULL) ||
-        !g_output_stream_write_all(out, "\n", 1, NULL, NULL, NULL))
+    /* A timeout for this write only: set for good, it would also end the
+     * pending read of a client that is only listening for events. */
+    g_socket_set_timeout(s, CTL_WRITE_TIMEOUT_S);
+    bool ok = g_output_stream_write_all(out, line, strlen(line), NULL, NULL,
+                                        NULL) &&
+              g_output_stream_write_all(out, "\n", 1, NULL, NULL, NULL);
+    g_socket_set_timeout(s, 0);
+    if (!ok)
         conn_kill(c);
 }
 
@@ -146,8 +152,6 @@ static gboolean on_incoming(GSocketService *service, GSocketConnection *sc,
     c->sc = g_object_ref(sc);
     c->cancel = g_cancellable_new();
     c->pending = g_string_new(NULL);
-    g_socket_set_timeout(g_socket_connection_get_socket(sc),
-                         CTL_WRITE_TIMEOUT_S);
     srv.conns = g_list_prepend(srv.conns, c);
     conn_send(c, "{\"qlun\": {\"version\": \"" CTL_VERSION "\"}}");
     if (c->dead) {
@@ -251,7 +255,7 @@ static int listen_here(void)
     return 0;
 }
 
-static void shut_down_here(void)
+static void shut_down_here(GMainContext *ctx)
 {
     g_socket_service_stop(srv.service);
     g_socket_listener_close(G_SOCKET_LISTENER(srv.service));
@@ -261,13 +265,16 @@ static void shut_down_here(void)
         conn_kill(srv.conns->data);
     /* Let the cancelled reads finish, which frees their connections. */
     while (srv.conns_allocated)
-        g_main_context_iteration(srv.ctx, TRUE);
+        g_main_context_iteration(ctx, TRUE);
     ctl_events_reset();
 }
 
+/* data: the context, which ctl_server_stop takes out of srv first. */
 static gpointer server_thread(gpointer data)
 {
-    g_main_context_push_thread_default(srv.ctx);
+    GMainContext *ctx = data;
+    GMainLoop *loop = srv.loop;    /* set before this thread started */
+    g_main_context_push_thread_default(ctx);
     int ret = listen_here();
     g_mutex_lock(&srv.lock);
     srv.start_ret = ret;
@@ -275,10 +282,10 @@ static gpointer server_thread(gpointer data)
     g_cond_broadcast(&srv.started_cond);
     g_mutex_unlock(&srv.lock);
     if (ret == 0) {
-        g_main_loop_run(srv.loop);
-        shut_down_here();
+        g_main_loop_run(loop);
+        shut_down_here(ctx);
     }
-    g_main_context_pop_thread_default(srv.ctx);
+    g_main_context_pop_thread_default(ctx);
     return NULL;
 }
 
@@ -295,7 +302,7 @@ int ctl_server_start(const char *path, char *err, size_t errlen)
     srv.loop = g_main_loop_new(srv.ctx, FALSE);
     srv.started = false;
     srv.start_err[0] = '\0';
-    srv.thread = g_thread_new("qlun-ctl", server_thread, NULL);
+    srv.thread = g_thread_new("qlun-ctl", server_thread, srv.ctx);
     while (!srv.started)
         g_cond_wait(&srv.started_cond, &srv.lock);
     int ret = srv.start_ret;
@@ -316,6 +323,12 @@ int ctl_server_start(const char *path, char *err, size_t errlen)
     return ret;
 }
 
+static gboolean quit_loop(gpointer loop)
+{
+    g_main_loop_quit(loop);
+    return G_SOURCE_REMOVE;
+}
+
 void ctl_server_stop(void)
 {
     g_mutex_lock(&srv.lock);
@@ -328,8 +341,12 @@ void ctl_server_stop(void)
     g_mutex_unlock(&srv.lock);
     if (!t)
         return;
-    g_main_loop_quit(loop);
-    g_main_context_wakeup(ctx);
+    /* Quit from inside the loop: a quit before g_main_loop_run began
+     * would be forgotten by it. */
+    GSource *quit = g_idle_source_new();
+    g_source_set_callback(quit, quit_loop, loop, NULL);
+    g_source_attach(quit, ctx);
+    g_source_unref(quit);
     g_thread_join(t);
     /* broadcasts queued after the loop stopped */
     while (g_main_context_iteration(ctx, FALSE))
