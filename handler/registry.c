@@ -30,30 +30,25 @@ void lun_registry_add(struct qlun_dev *d)
 }
 
 /* Under lock. */
-static struct entry *find_dev(struct qlun_dev *d, guint *index)
+static struct entry *find_dev(struct qlun_dev *d)
 {
     for (guint i = 0; entries && i < entries->len; i++) {
         struct entry *e = g_ptr_array_index(entries, i);
-        if (e->d == d) {
-            if (index)
-                *index = i;
+        if (e->d == d)
             return e;
-        }
     }
     return NULL;
 }
 
 void lun_registry_remove(struct qlun_dev *d)
 {
-    guint i;
     g_mutex_lock(&lock);
-    struct entry *e = find_dev(d, NULL);
+    struct entry *e = find_dev(d);
     if (e) {
         e->removing = true;
         while (e->refs)
             g_cond_wait(&refs_dropped, &lock);
-        find_dev(d, &i);
-        g_ptr_array_remove_index(entries, i);
+        g_ptr_array_remove(entries, e);
         g_free(e);
     }
     g_mutex_unlock(&lock);
@@ -88,7 +83,7 @@ struct qlun_dev *lun_registry_get(const char *key)
 void lun_registry_put(struct qlun_dev *d)
 {
     g_mutex_lock(&lock);
-    struct entry *e = find_dev(d, NULL);
+    struct entry *e = find_dev(d);
     g_assert(e && e->refs > 0);
     if (--e->refs == 0 && e->removing)
         g_cond_broadcast(&refs_dropped);
