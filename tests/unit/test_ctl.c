@@ -383,6 +383,40 @@ static const char *reply_error_class(JsonObject *o)
     return e ? json_object_get_string_member(e, "class") : "";
 }
 
+/* A request nested 30000 deep, executed on a thread with a 256 KiB stack:
+ * refused, not parsed (json-glib would recurse 30000 times). */
+static void *deep_thread(void *arg)
+{
+    int n = 30000;
+    char *req = g_malloc(2 * n + 1);
+    memset(req, '[', n);
+    memset(req + n, ']', n);
+    req[2 * n] = '\0';
+    char *reply = ctl_execute(req);
+    g_free(req);
+    return reply;
+}
+
+static void test_deep_nesting(void)
+{
+    pthread_attr_t attr;
+    pthread_t t;
+    char *reply = NULL;
+    pthread_attr_init(&attr);
+    pthread_attr_setstacksize(&attr, 256 * 1024);
+    CHECK_EQ(pthread_create(&t, &attr, deep_thread, NULL), 0);
+    pthread_join(t, (void **)&reply);
+    pthread_attr_destroy(&attr);
+    CHECK(reply && strstr(reply, "nested deeper than 32 levels"));
+    g_free(reply);
+    /* brackets inside strings do not count; 32 levels are fine */
+    g_autofree char *open30 = g_strnfill(30, '['), *close30 = g_strnfill(30, ']');
+    g_autofree char *ok = g_strdup_printf(
+        "{\"execute\":\"x\",\"id\":%s1%s,\"arguments\":{\"a\":\"[[[[{{{{\\\"[[[[\"}}",
+        open30, close30);
+    CHECK_ERROR(ok, CTL_ERR_COMMAND_NOT_FOUND, "'x' has not been found");
+}
+
 /* ---- the server ----------------------------------------------------- */
 
 static void test_server_start(void)
@@ -745,6 +779,7 @@ int main(void)
     test_query_luns();
     test_query_stats();
     test_errors();
+    test_deep_nesting();
     test_server_start();
     test_socket_protocol();
     test_io_during_bad_requests();
