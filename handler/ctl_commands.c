@@ -55,6 +55,11 @@ void ctl_set_error(struct ctl_error *e, const char *class, const char *fmt,
     va_start(ap, fmt);
     vsnprintf(e->desc, sizeof(e->desc), fmt, ap);
     va_end(ap);
+    /* A long name echoed may be cut inside a UTF-8 sequence: end the
+     * line before it, or the reply would not be valid JSON text. */
+    const char *valid_end;
+    if (!g_utf8_validate(e->desc, -1, &valid_end))
+        e->desc[valid_end - e->desc] = '\0';
 }
 
 void ctl_set_errno_error(struct ctl_error *e, int ret, const char *msg)
@@ -227,12 +232,45 @@ char *ctl_error_line(const char *class, const char *desc)
     return reply_line(NULL, &e, NULL);
 }
 
+/* json-glib's parser recurses once per nesting level, without a limit:
+ * a 64 KiB line of '[' would need megabytes of the server thread's stack.
+ * No request needs more than a few levels, so deeper ones are refused
+ * before parsing.  Brackets inside strings do not count. */
+#define CTL_MAX_NESTING 32
+
+static bool nesting_ok(const char *s)
+{
+    int depth = 0;
+    bool in_string = false;
+    for (; *s; s++) {
+        if (in_string) {
+            if (*s == '\\' && s[1])
+                s++;
+            else if (*s == '"')
+                in_string = false;
+        } else if (*s == '"') {
+            in_string = true;
+        } else if (*s == '[' || *s == '{') {
+            if (++depth > CTL_MAX_NESTING)
+                return false;
+        } else if (*s == ']' || *s == '}') {
+            depth--;
+        }
+    }
+    return true;
+}
+
 char *ctl_execute(const char *request_line)
 {
     struct ctl_error e = { 0 };
     g_autoptr(JsonParser) parser = json_parser_new_immutable();
     g_autoptr(GError) gerr = NULL;
 
+    if (!nesting_ok(request_line)) {
+        ctl_set_error(&e, CTL_ERR_GENERIC, "malformed request: nested "
+                      "deeper than %d levels", CTL_MAX_NESTING);
+        return reply_line(NULL, &e, NULL);
+    }
     if (!json_parser_load_from_data(parser, request_line, -1, &gerr)) {
         ctl_set_error(&e, CTL_ERR_GENERIC, "malformed JSON: %s",
                       gerr->message);

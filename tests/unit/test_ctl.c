@@ -285,6 +285,18 @@ static void test_errors(void)
     ctl_set_errno_error(&e, -ENOSPC, "");
     CHECK(strcmp(e.class, G) == 0 && strcmp(e.desc, g_strerror(ENOSPC)) == 0);
 
+    /* invalid UTF-8 is malformed; a long name echoed is cut on a
+     * character boundary (the reply stays valid UTF-8) */
+    CHECK_ERROR("{\"execute\":\"\xff\xfe\"}", G, "malformed JSON");
+    GString *lng = g_string_new("{\"execute\":\"x");
+    for (int i = 0; i < 600; i++)
+        g_string_append(lng, "\xc3\xa9");     /* é */
+    g_string_append(lng, "\"}");
+    g_autofree char *lreply = ctl_execute(lng->str);
+    g_string_free(lng, TRUE);
+    CHECK(g_utf8_validate(lreply, -1, NULL));
+    CHECK(strstr(lreply, CTL_ERR_COMMAND_NOT_FOUND) != NULL);
+
     /* "id" comes back with errors too, whatever its type */
     g_autoptr(JsonObject) o = exec_obj(
         "{\"execute\":\"nope\",\"id\":{\"a\":[1,\"b\"]}}");
@@ -383,11 +395,11 @@ static const char *reply_error_class(JsonObject *o)
     return e ? json_object_get_string_member(e, "class") : "";
 }
 
-/* A request nested 30000 deep, executed on a thread with a 256 KiB stack:
- * refused, not parsed (json-glib would recurse 30000 times). */
+/* A request nested 60000 deep, executed on a thread with a 1 MiB stack:
+ * refused, not parsed (json-glib would recurse 60000 times). */
 static void *deep_thread(void *arg)
 {
-    int n = 30000;
+    int n = 60000;
     char *req = g_malloc(2 * n + 1);
     memset(req, '[', n);
     memset(req + n, ']', n);
@@ -403,7 +415,7 @@ static void test_deep_nesting(void)
     pthread_t t;
     char *reply = NULL;
     pthread_attr_init(&attr);
-    pthread_attr_setstacksize(&attr, 256 * 1024);
+    pthread_attr_setstacksize(&attr, 1024 * 1024);
     CHECK_EQ(pthread_create(&t, &attr, deep_thread, NULL), 0);
     pthread_join(t, (void **)&reply);
     pthread_attr_destroy(&attr);
