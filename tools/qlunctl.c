@@ -294,10 +294,14 @@ static void print_stats(JsonNode *ret)
     for (size_t i = 0; s && i < G_N_ELEMENTS(counters); i++)
         printf("  %-16s %" PRIu64 "\n", counters[i], int_member(s, counters[i]));
     if (t) {
+        JsonNode *alloc = json_object_get_member(t, "allocated");
         printf("  %-16s %" PRIu64 "%s\n", "soft_threshold",
                int_member(t, "bytes"), int_member(t, "bytes") == 0 ? " (none)"
                : json_object_get_boolean_member(t, "reached") ? " (reached)"
                                                                : "");
+        if (alloc && !JSON_NODE_HOLDS_NULL(alloc))
+            printf("  %-16s %" PRIu64 "\n", "allocated",
+                   (uint64_t)json_node_get_int(alloc));
     }
     JsonObject *c = s ? obj_member(s, "commands") : NULL;
     if (!c)

@@ -58,6 +58,8 @@ has out "qcow2 $qcow (virtual size 16.0 MiB"
 # stats: ctl_serve wrote 3 and read 2 blocks on each LUN
 expect 0 stats qlun1
 has out "bytes_written    1536"; has out "bytes_read       1024"; has out "WRITE (10)"
+expect 0 stats rawlun
+has out "soft_threshold   0 (none)"; has out "allocated"
 expect 0 --json stats rawlun
 py "s = r[0]['stats']; assert s['bytes_written'] == 1536 and s['commands']['READ (10)'] == 2"
 # resize, snapshots: arguments reach the server, whose error is printed
