@@ -107,9 +107,10 @@ static void conn_handle_lines(struct conn *c)
         conn_send(c, reply);
     }
     if (!c->dead && c->pending->len > CTL_MAX_LINE) {
-        g_autofree char *r = ctl_error_line(CTL_ERR_GENERIC,
-            "request line longer than " G_STRINGIFY(CTL_MAX_LINE)
-            " bytes; closing the connection");
+        g_autofree char *desc = g_strdup_printf(
+            "request line longer than %d bytes; closing the connection",
+            CTL_MAX_LINE);
+        g_autofree char *r = ctl_error_line(CTL_ERR_GENERIC, desc);
         conn_send(c, r);
         conn_kill(c);
     }

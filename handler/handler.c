@@ -14,6 +14,7 @@
 #include "libtcmu.h"
 #include "tcmur_device.h"
 
+#include "handler/backstore_name.h"
 #include "handler/ctl.h"
 #include "handler/device.h"
 
@@ -54,9 +55,8 @@ static bool qlun_check_config(const char *cfgstring, char **reason)
     return true;
 }
 
-/* The backstore's name in LIO.  libtcmu exports no getter for it, so it
- * is read where the kernel publishes it: the UIO device's name is
- * "tcm-user/<hba>/<backstore name>/<cfgstring>".  "" if unreadable. */
+/* The backstore's name in LIO (handler/backstore_name.h); "" if
+ * unreadable: the LUN is then found by its serial only. */
 static void backstore_name(struct tcmu_device *dev, char *out, size_t size)
 {
     char path[128], line[512];
@@ -66,13 +66,8 @@ static void backstore_name(struct tcmu_device *dev, char *out, size_t size)
     FILE *f = fopen(path, "r");
     if (!f)
         return;
-    if (fgets(line, sizeof(line), f)) {
-        char *hba = strchr(line, '/');
-        char *name = hba ? strchr(hba + 1, '/') : NULL;
-        char *end = name ? strchr(name + 1, '/') : NULL;
-        if (end)
-            snprintf(out, size, "%.*s", (int)(end - name - 1), name + 1);
-    }
+    if (fgets(line, sizeof(line), f))
+        backstore_name_from_uio(line, out, size);
     fclose(f);
 }
 

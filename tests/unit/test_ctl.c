@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "handler/ctl-internal.h"
+#include "handler/backstore_name.h"
 #include "handler/registry.h"
 
 static char dir[] = "/tmp/qlun-test-ctl-XXXXXX";
@@ -477,6 +478,10 @@ static void test_socket_protocol(void)
     CHECK(client_send(&c2, huge, strlen(huge)));
     g_autoptr(JsonObject) r6 = client_reply(&c2);
     CHECK(strcmp(reply_error_class(r6), CTL_ERR_GENERIC) == 0);
+    CHECK(r6 && strcmp(json_object_get_string_member(
+                           json_object_get_object_member(r6, "error"), "desc"),
+                       "request line longer than 65536 bytes; closing the "
+                       "connection") == 0);
     CHECK(client_read(&c2, 5) == NULL);
     client_close(&c2);
     CHECK(client_open(&c2));
@@ -734,6 +739,30 @@ static void test_close_races_commands(void)
     CHECK(lun_registry_get("racer") == NULL);
 }
 
+/* ---- the backstore's name, from /sys/class/uio/uioN/name ------------ */
+
+static void test_backstore_name(void)
+{
+    char name[16];
+    CHECK_EQ(backstore_name_from_uio("tcm-user/3/disk1/qlun//srv/a.qcow2;"
+                                     "serial=x\n", name, sizeof(name)), 0);
+    CHECK(strcmp(name, "disk1") == 0);
+    CHECK_EQ(backstore_name_from_uio("tcm-user/0/a/qlun/x", name,
+                                     sizeof(name)), 0);
+    CHECK(strcmp(name, "a") == 0);
+    /* not of the form, or too long: "" */
+    CHECK_EQ(backstore_name_from_uio("uio_pdrv/0/disk1/x", name,
+                                     sizeof(name)), -EINVAL);
+    CHECK(name[0] == '\0');
+    CHECK_EQ(backstore_name_from_uio("tcm-user/0/disk1", name, sizeof(name)),
+             -EINVAL);
+    CHECK_EQ(backstore_name_from_uio("tcm-user/0//qlun/x", name, sizeof(name)),
+             -EINVAL);
+    CHECK_EQ(backstore_name_from_uio("tcm-user/0/a-name-of-sixteen/x", name,
+                                     sizeof(name)), -EINVAL);
+    CHECK(name[0] == '\0');
+}
+
 /* ---- the socket file ------------------------------------------------ */
 
 static void test_socket_file_rules(void)
@@ -792,6 +821,7 @@ int main(void)
     test_query_stats();
     test_errors();
     test_deep_nesting();
+    test_backstore_name();
     test_server_start();
     test_socket_protocol();
     test_io_during_bad_requests();
