@@ -102,5 +102,31 @@ py "assert r['event'] == 'LUN_CORRUPT' and r['data']['name'] == 'qlun1' and r['t
 expect 0 --json info qlun1
 py "assert r[0]['graph']['state']['corrupt'] is True"
 
+# snapshot-internal list's table (the operation is on another branch: a
+# stand-in server answers it), with an event arriving before the reply
+cat >"$dir/fake.py" <<'PY'
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(1)
+print("ready", flush=True)
+c, _ = s.accept(); f = c.makefile("rw")
+f.write('{"qlun": {"version": "0"}}\n'); f.flush()
+req = json.loads(f.readline())
+assert req == {"execute": "snapshot-internal-list", "arguments": {"lun": "d1"}}, req
+f.write('{"event": "X", "data": {}, "timestamp": {"seconds": 1, "microseconds": 0}}\n')
+snaps = [{"id": "1", "name": "before-upgrade", "date-sec": 1700000000, "date-nsec": 0,
+          "vm-clock-nsec": 3723500000000, "vm-state-size": 0, "disk-size": 0},
+         {"id": "2", "name": "second", "date-sec": 1700003600, "date-nsec": 0,
+          "vm-clock-nsec": 0, "vm-state-size": 1048576, "disk-size": 0}]
+f.write(json.dumps({"return": snaps}) + "\n"); f.flush()
+PY
+python3 "$dir/fake.py" "$dir/fake.sock" >"$dir/fake.out" &
+fake_pid=$!
+for _ in $(seq 50); do grep -q ready "$dir/fake.out" && break; sleep 0.1; done
+TZ=UTC expect 0 --socket "$dir/fake.sock" snapshot-internal d1 list
+wait "$fake_pid" || bad "the stand-in server saw a wrong request"
+has out "Snapshot list:"; has out "ID   TAG"
+has out "1    before-upgrade"; has out "2023-11-14 22:13:20"; has out "0001:02:03.500"
+has out "1.0 MiB"
+
 echo "$pass passed, $fail failed"
 [ "$fail" = 0 ]
