@@ -255,10 +255,10 @@ struct image *image_backing_child(const struct image *img)
 
 int64_t image_allocated_bytes(struct image *img)
 {
-    if (passes_down(img, img->ops->allocated_bytes))
-        return image_allocated_bytes(img->file);
+    /* A format that does not count for itself uses what its file takes
+     * (as QEMU does): a qcow2 file's size on the host is its use. */
     if (!img->ops->allocated_bytes)
-        return -ENOTSUP;
+        return img->file ? image_allocated_bytes(img->file) : -ENOTSUP;
     return img->ops->allocated_bytes(img);
 }
 

@@ -136,7 +136,8 @@ struct image_ops {
     int (*block_status)(struct image *img, uint64_t off, uint64_t len,
                         enum image_extent_kind *kind, uint64_t *extent_len);
     /* Bytes of host storage in use (for thin-provisioning thresholds).
-     * Optional: without it, image_allocated_bytes() says -ENOTSUP. */
+     * Optional: without it, a node with a file child reports that
+     * child's (a format: the space its file takes), else -ENOTSUP. */
     int64_t (*allocated_bytes)(struct image *img);
     /* Release everything; a clean close (flush, clear dirty state).
      * Optional for filters only. */

@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "handler/registry.h"
+
 /* The LUN's serial: the cfgstring's serial=, else a digest of the image
  * path.  Not LIO's own unit serial: rtslib writes that only after the
  * backstore is enabled, so it is missing when a LUN is created and present
@@ -41,7 +43,6 @@ int qlun_dev_open(const struct qlun_dev_params *p, struct qlun_dev **out,
         snprintf(err, errlen, "bad cfgstring: %s", why);
         goto fail;
     }
-    snprintf(d->top_path, sizeof(d->top_path), "%s", d->cfg.path);
     snprintf(d->cfgstring, sizeof(d->cfgstring), "%s", p->cfgstring);
     if (p->block_size != 512 && p->block_size != 4096) {
         snprintf(err, errlen, "hw_block_size %u not supported (use 512 or "
@@ -88,6 +89,7 @@ int qlun_dev_open(const struct qlun_dev_params *p, struct qlun_dev **out,
 
     d->block_size = p->block_size;
     pick_serial(&d->cfg, d->serial, sizeof(d->serial));
+    snprintf(d->name, sizeof(d->name), "%s", p->name ? p->name : "");
     struct scsi_lun_config lc = {
         .img = d->img,
         .block_size = p->block_size,
@@ -121,6 +123,8 @@ int qlun_dev_open(const struct qlun_dev_params *p, struct qlun_dev **out,
                      "cannot publish statistics at %s: %s", d->stats_path,
                      strerror(-ret));
     }
+    lun_registry_add(d);
+    d->registered = true;
     *out = d;
     return 0;
 
@@ -133,6 +137,9 @@ int qlun_dev_close(struct qlun_dev *d)
 {
     if (!d)
         return 0;
+    /* First, so that no management command still holds the LUN. */
+    if (d->registered)
+        lun_registry_remove(d);
     stats_file_stop(d->stats);
     scsi_lun_free(d->lun);
     int ret = image_close(d->img);

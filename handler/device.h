@@ -19,12 +19,14 @@ struct qlun_dev_params {
     uint32_t block_size;       /* hw_block_size */
     uint64_t num_blocks;       /* backstore size / block_size */
     uint32_t max_xfer_blocks;  /* hw_max_sectors */
+    /* The backstore's name in LIO (management finds a LUN by it or by
+     * its serial); NULL or "" = none. */
+    const char *name;
 };
 
 struct qlun_dev {
     struct qlun_config cfg;       /* as opened; cfg.path is the first top */
     struct image *img;            /* the top: changes with a snapshot */
-    char top_path[PATH_MAX];      /* the top image's path */
     /* The cfgstring that reopens this LUN as it is now (it changes with
      * an external snapshot). */
     char cfgstring[QLUN_CFGSTRING_MAX + 1];
@@ -44,6 +46,8 @@ struct qlun_dev {
     struct stats_file *stats;
     uint32_t block_size;       /* the LUN's logical block size */
     char serial[QLUN_SERIAL_MAX + 1];
+    char name[128];            /* the backstore's name; "" = unknown */
+    bool registered;           /* in handler/registry.h's list */
     char stats_path[PATH_MAX];
     /* Non-fatal trouble at open (e.g. statistics not published). */
     char warning[PATH_MAX + 128];
@@ -86,5 +90,9 @@ int qlun_dev_snapshot_create(struct qlun_dev *d, const char *overlay_path,
  * drained. */
 int qlun_dev_snapshot_internal(struct qlun_dev *d, bool create,
                                const char *name, char *err, size_t errlen);
+/* The top image's internal snapshots (image_snapshot_list). */
+int qlun_dev_snapshot_list(struct qlun_dev *d,
+                           struct image_snapshot_info **out, size_t *count,
+                           char *err, size_t errlen);
 
 #endif

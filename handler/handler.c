@@ -18,6 +18,8 @@
 #include "libtcmu.h"
 #include "tcmur_device.h"
 
+#include "handler/backstore_name.h"
+#include "handler/ctl.h"
 #include "handler/device.h"
 
 /* The command model.  tcmu-runner's cmdproc thread takes each command off
@@ -108,14 +110,32 @@ static bool qlun_check_config(const char *cfgstring, char **reason)
     return true;
 }
 
+/* The backstore's name in LIO (handler/backstore_name.h); "" if
+ * unreadable: the LUN is then found by its serial only. */
+static void backstore_name(struct tcmu_device *dev, char *out, size_t size)
+{
+    char path[128], line[512];
+    snprintf(path, sizeof(path), "/sys/class/uio/%s/name",
+             tcmu_dev_get_uio_name(dev));
+    out[0] = '\0';
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return;
+    if (fgets(line, sizeof(line), f))
+        backstore_name_from_uio(line, out, size);
+    fclose(f);
+}
+
 static int qlun_open(struct tcmu_device *dev, bool reopen)
 {
-    char err[1024];
+    char err[1024], name[128];
+    backstore_name(dev, name, sizeof(name));
     struct qlun_dev_params p = {
         .cfgstring = tcmu_dev_get_cfgstring(dev),
         .block_size = tcmu_dev_get_block_size(dev),
         .num_blocks = tcmu_dev_get_num_lbas(dev),
         .max_xfer_blocks = tcmu_dev_get_max_xfer_len(dev),
+        .name = name,
     };
     struct qlun_dev *d;
     int ret = qlun_dev_open(&p, &d, err, sizeof(err));
@@ -259,8 +279,23 @@ static int worker_threads(void)
     return (int)n;
 }
 
+/* The management socket: QLUN_CTL_SOCKET in tcmu-runner's environment
+ * moves it.  LUNs are served without it if it cannot be made. */
+static void start_management_socket(void)
+{
+    const char *path = getenv("QLUN_CTL_SOCKET");
+    char err[512];
+    if (!path || !*path)
+        path = QLUN_CTL_SOCKET_DEFAULT;
+    if (ctl_server_start(path, err, sizeof(err)) < 0)
+        tcmu_err("qlun: no management socket: %s\n", err);
+    else
+        tcmu_info("qlun: management socket at %s\n", path);
+}
+
 __attribute__((visibility("default"))) int handler_init(void)
 {
     qlun_handler.nr_threads = worker_threads();
+    start_management_socket();
     return tcmur_register_handler(&qlun_handler);
 }

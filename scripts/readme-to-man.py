@@ -20,6 +20,7 @@ SECTIONS = [  # README heading -> manual section
     ("Images on files and block devices", "IMAGES ON FILES AND BLOCK DEVICES"),
     ("What the initiator sees", "WHAT THE INITIATOR SEES"),
     ("Statistics", "STATISTICS"),
+    ("Management socket and qlunctl", "MANAGEMENT SOCKET AND QLUNCTL"),
     ("Tuning", "TUNING"),
 ]
 
@@ -199,8 +200,11 @@ def main():
         ".TP",
         "\\fI/run/qlun/\\fR\\fIserial\\fR\\fI.json\\fR",
         "live statistics of a served LUN",
+        ".TP",
+        "\\fI/run/qlun/qlun.sock\\fR",
+        "the management socket (\\fBqlunctl\\fR(8))",
         ".SH SEE ALSO",
-        "\\fBtcmu\\-runner\\fR(8), \\fBtargetcli\\fR(8), \\fBiscsiadm\\fR(8), \\fBqemu\\-img\\fR(1)",
+        "\\fBqlunctl\\fR(8), \\fBtcmu\\-runner\\fR(8), \\fBtargetcli\\fR(8), \\fBiscsiadm\\fR(8), \\fBqemu\\-img\\fR(1)",
     ]
     sys.stdout.write("\n".join(out) + "\n")
 

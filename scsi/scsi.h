@@ -116,4 +116,14 @@ void scsi_lun_get_stats(struct scsi_lun *lun, struct scsi_lun_stats *out);
  * length written (truncated to size - 1), as snprintf does. */
 int scsi_lun_stats_json(struct scsi_lun *lun, char *buf, size_t size);
 
+/* A LUN as management sees it (scsi/info.c). */
+struct scsi_lun_info {
+    uint32_t block_size;
+    uint64_t num_blocks;
+    bool read_only;
+    uint64_t soft_threshold;      /* bytes; 0 = none */
+    bool soft_threshold_reached;  /* the unit attention was raised */
+};
+void scsi_lun_get_info(struct scsi_lun *lun, struct scsi_lun_info *out);
+
 #endif

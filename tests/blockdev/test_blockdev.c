@@ -217,17 +217,17 @@ static void test_device_refusals(void)
     CHECK(dev4k != NULL);
     if (dev4k) {
         snprintf(cfg, sizeof(cfg), "qlun/%s;format=raw;stats=off", dev4k);
-        struct qlun_dev_params p = { cfg, 512, DEV_SIZE / 512, 1024 };
+        struct qlun_dev_params p = { cfg, 512, DEV_SIZE / 512, 1024, NULL };
         CHECK(qlun_dev_open(&p, &d, err, sizeof(err)) < 0);
         CHECK(strstr(err, "4096-byte logical blocks") &&
               strstr(err, "hw_block_size=4096"));
-        struct qlun_dev_params p4 = { cfg, 4096, DEV_SIZE / 4096, 256 };
+        struct qlun_dev_params p4 = { cfg, 4096, DEV_SIZE / 4096, 256, NULL };
         CHECK_EQ(qlun_dev_open(&p4, &d, err, sizeof(err)), 0);
         if (d == NULL)
             fprintf(stderr, "4k open: %s\n", err);
         qlun_dev_close(d);
         /* Too small: a LUN one block bigger than the device. */
-        struct qlun_dev_params big = { cfg, 4096, DEV_SIZE / 4096 + 1, 256 };
+        struct qlun_dev_params big = { cfg, 4096, DEV_SIZE / 4096 + 1, 256, NULL };
         CHECK(qlun_dev_open(&big, &d, err, sizeof(err)) < 0);
         CHECK(strstr(err, "smaller than the LUN size") != NULL);
     }
@@ -235,7 +235,7 @@ static void test_device_refusals(void)
     CHECK(devro != NULL);
     if (devro) {
         snprintf(cfg, sizeof(cfg), "qlun/%s;format=raw;stats=off", devro);
-        struct qlun_dev_params p = { cfg, 512, DEV_SIZE / 512, 1024 };
+        struct qlun_dev_params p = { cfg, 512, DEV_SIZE / 512, 1024, NULL };
         CHECK(qlun_dev_open(&p, &d, err, sizeof(err)) < 0);
         CHECK(strstr(err, "read-write") && strstr(err, "readonly=on"));
         snprintf(cfg, sizeof(cfg), "qlun/%s;format=raw;readonly=on;stats=off",
@@ -330,7 +330,7 @@ static void test_resize_device(void)
     if (!dev)
         return;
     snprintf(cfg, sizeof(cfg), "qlun/%s;format=raw;stats=off", dev);
-    struct qlun_dev_params p = { cfg, 512, DEV_SIZE / 2 / 512, 1024 };
+    struct qlun_dev_params p = { cfg, 512, DEV_SIZE / 2 / 512, 1024, NULL };
     if (qlun_dev_open(&p, &d, err, sizeof(err)) < 0) {
         CHECK(!"open");
         fprintf(stderr, "open %s: %s\n", dev, err);

@@ -253,7 +253,7 @@ static void test_writes_across_resizes(void)
 static struct qlun_dev *open_dev(const char *cfg, uint64_t blocks)
 {
     char err[1024];
-    struct qlun_dev_params p = { cfg, 512, blocks, 1024 };
+    struct qlun_dev_params p = { cfg, 512, blocks, 1024, NULL };
     struct qlun_dev *d = NULL;
     if (qlun_dev_open(&p, &d, err, sizeof(err)) < 0)
         fprintf(stderr, "open %s: %s\n", cfg, err);
