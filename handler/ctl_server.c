@@ -200,7 +200,9 @@ static GSocket *bind_socket(const char *path, char *err, size_t errlen,
             return NULL;
         }
     }
-    if (g_mkdir_with_parents(dir, 0700) < 0 || !g_mkdtemp(tmpdir)) {
+    /* 0755 as for the statistics files there; the socket itself is 0600
+     * from the start (bound in a private directory, then moved). */
+    if (g_mkdir_with_parents(dir, 0755) < 0 || !g_mkdtemp(tmpdir)) {
         *ret = -errno;
         snprintf(err, errlen, "cannot create %s: %s", tmpdir, g_strerror(errno));
         return NULL;

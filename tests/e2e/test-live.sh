@@ -10,6 +10,7 @@
 # Exit: 0 pass, 1 fail, 77 skip.  Env as test-raw-basic.sh.
 set -u
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
 . "$HERE/host-lib.sh"
 e2e_begin live 780
 QLUN_RIG_WORKDIR=$WORK "$HERE/rig.sh" --disk 2G "$HERE/guest/live.sh"

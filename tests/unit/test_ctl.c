@@ -468,10 +468,18 @@ static void test_server_start(void)
     snprintf(sockdir, sizeof(sockdir), "%s/run", dir);
     snprintf(sock_path, sizeof(sock_path), "%s/qlun.sock", sockdir);
     CHECK_EQ(ctl_server_start(sock_path, err, sizeof(err)), 0);
-    /* the directory made private, the socket root's alone */
-    CHECK(stat(sockdir, &st) == 0 && (st.st_mode & 07777) == 0700);
+    /* the directory readable (statistics files live there too), the
+     * socket root's alone, and no private directory left behind */
+    CHECK(stat(sockdir, &st) == 0 && (st.st_mode & 07777) == 0755);
     CHECK(lstat(sock_path, &st) == 0 && S_ISSOCK(st.st_mode) &&
           (st.st_mode & 07777) == 0600);
+    GDir *dirents = g_dir_open(sockdir, 0, NULL);
+    int entries = 0;
+    while (dirents && g_dir_read_name(dirents))
+        entries++;
+    if (dirents)
+        g_dir_close(dirents);
+    CHECK_EQ(entries, 1);
     CHECK_EQ(ctl_server_start(sock_path, err, sizeof(err)), -EBUSY);
 }
 
