@@ -20,6 +20,8 @@ SECTIONS = [  # README heading -> manual section
     ("Images on files and block devices", "IMAGES ON FILES AND BLOCK DEVICES"),
     ("What the initiator sees", "WHAT THE INITIATOR SEES"),
     ("Statistics", "STATISTICS"),
+    ("Online resize", "ONLINE RESIZE"),
+    ("Live snapshots", "LIVE SNAPSHOTS"),
     ("Management socket and qlunctl", "MANAGEMENT SOCKET AND QLUNCTL"),
     ("Tuning", "TUNING"),
 ]
