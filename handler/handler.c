@@ -46,28 +46,19 @@
  * code waits on the in-flight count that only its queue keeps. */
 #define QLUN_WORKER_THREADS_DEFAULT 64
 
-/* The backstore's configfs directory, from the UIO device's name, which
- * the kernel sets to "tcm-user/<hba>/<backstore>/<cfgstring>". */
-static int backstore_dir(struct tcmu_device *dev, char *out, size_t len)
+/* The UIO device's name, which the kernel sets to
+ * "tcm-user/<hba>/<backstore>/<cfgstring>" (handler/backstore_name.h). */
+static int read_uio_name(struct tcmu_device *dev, char *line, size_t size)
 {
-    char path[128], name[512];
+    char path[128];
     snprintf(path, sizeof(path), "/sys/class/uio/%s/name",
              tcmu_dev_get_uio_name(dev));
     FILE *f = fopen(path, "r");
     if (!f)
         return -errno;
-    bool ok = fgets(name, sizeof(name), f) != NULL;
+    bool ok = fgets(line, (int)size, f) != NULL;
     fclose(f);
-    unsigned hba;
-    int n = 0;
-    if (!ok || sscanf(name, "tcm-user/%u/%n", &hba, &n) != 1 || n == 0)
-        return -EINVAL;
-    const char *bs = name + n, *end = strchr(bs, '/');
-    if (!end || end == bs)
-        return -EINVAL;
-    snprintf(out, len, "/sys/kernel/config/target/core/user_%u/%.*s", hba,
-             (int)(end - bs), bs);
-    return 0;
+    return ok ? 0 : -EIO;
 }
 
 /* d->persist: store a changed setting of the LUN in LIO (the backstore's
@@ -79,7 +70,10 @@ static int persist_attr(void *opaque, const char *name, const char *value,
 {
     struct tcmu_device *dev = opaque;
     char dir[PATH_MAX] = "?", attr[PATH_MAX + 32];
-    int ret = backstore_dir(dev, dir, sizeof(dir));
+    char line[512];
+    int ret = read_uio_name(dev, line, sizeof(line));
+    if (ret == 0)
+        ret = backstore_dir_from_uio(line, dir, sizeof(dir));
     if (ret == 0) {
         snprintf(attr, sizeof(attr), "%s/attrib/%s", dir, name);
         int fd = open(attr, O_WRONLY | O_CLOEXEC);
@@ -110,20 +104,14 @@ static bool qlun_check_config(const char *cfgstring, char **reason)
     return true;
 }
 
-/* The backstore's name in LIO (handler/backstore_name.h); "" if
- * unreadable: the LUN is then found by its serial only. */
+/* The backstore's name in LIO; "" if unreadable: the LUN is then found
+ * by its serial only. */
 static void backstore_name(struct tcmu_device *dev, char *out, size_t size)
 {
-    char path[128], line[512];
-    snprintf(path, sizeof(path), "/sys/class/uio/%s/name",
-             tcmu_dev_get_uio_name(dev));
+    char line[512];
     out[0] = '\0';
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return;
-    if (fgets(line, sizeof(line), f))
+    if (read_uio_name(dev, line, sizeof(line)) == 0)
         backstore_name_from_uio(line, out, size);
-    fclose(f);
 }
 
 static int qlun_open(struct tcmu_device *dev, bool reopen)

@@ -338,6 +338,18 @@ static void print_snapshots(JsonNode *ret)
     }
 }
 
+/* What a live external snapshot did, and what it cost the initiator. */
+static void print_snapshot(JsonNode *ret)
+{
+    JsonObject *o = JSON_NODE_HOLDS_OBJECT(ret) ? json_node_get_object(ret)
+                                                : NULL;
+    if (!o || !json_object_has_member(o, "overlay"))
+        return;
+    printf("writes now go to %s (the LUN's commands were held %.1f ms)\n",
+           str_member(o, "overlay"),
+           (double)int_member(o, "drain-us") / 1000.0);
+}
+
 static void print_event(JsonNode *msg)
 {
     JsonObject *o = json_node_get_object(msg);
@@ -544,6 +556,8 @@ int main(int argc, char **argv)
         print_stats(ret);
     else if (snap_list)
         print_snapshots(ret);
+    else if (strcmp(cmd, "snapshot") == 0)
+        print_snapshot(ret);
     json_node_unref(ret);
     g_object_unref(s.in);
     g_object_unref(s.sc);

@@ -72,6 +72,7 @@ expect 2 list --force;           has err "takes no --force"
 expect 1 snapshot qlun1 --overlay "$dir/ov.qcow2" --cluster-size 1000
 has err "qlunctl: snapshot-create: 'cluster-size' must be a power of two"
 expect 0 snapshot qlun1 --overlay "$dir/ov.qcow2" --cluster-size 64K
+has out "writes now go to $dir/ov.qcow2 (the LUN's commands were held"
 expect 0 --json info qlun1
 py "g = r[0]['graph']; assert g['filename'] == '$dir/ov.qcow2' and g['children']['backing']['filename'] == '$qcow'"
 expect 0 info qlun1;             has out "backing: qcow2 $qcow"

@@ -798,6 +798,17 @@ static void test_backstore_name(void)
     CHECK_EQ(backstore_name_from_uio("tcm-user/0/a-name-of-sixteen/x", name,
                                      sizeof(name)), -EINVAL);
     CHECK(name[0] == '\0');
+    CHECK_EQ(backstore_name_from_uio("tcm-user/x/disk1/qlun/x", name,
+                                     sizeof(name)), -EINVAL);
+    /* the configfs directory a changed setting is written to */
+    char path[128];
+    CHECK_EQ(backstore_dir_from_uio("tcm-user/12/disk1/qlun//srv/a;b=c\n",
+                                    path, sizeof(path)), 0);
+    CHECK(strcmp(path, "/sys/kernel/config/target/core/user_12/disk1") == 0);
+    CHECK_EQ(backstore_dir_from_uio("tcm-user//disk1/x", path, sizeof(path)),
+             -EINVAL);
+    CHECK_EQ(backstore_dir_from_uio("tcm-user/1/disk1/x", path, 20), -EINVAL);
+    CHECK(path[0] == '\0');
 }
 
 /* ---- the socket file ------------------------------------------------ */
