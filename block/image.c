@@ -253,6 +253,13 @@ struct image *image_backing_child(const struct image *img)
     return img->backing;
 }
 
+int64_t image_current_size(struct image *img)
+{
+    if (img->drv && img->drv->is_protocol)
+        return file_length(img);
+    return (int64_t)img->size;
+}
+
 int64_t image_allocated_bytes(struct image *img)
 {
     /* A format that does not count for itself uses what its file takes

@@ -255,6 +255,10 @@ int image_block_status_above(struct image *img, struct image *base,
 /* The node below img in its backing chain (NULL: none). */
 struct image *image_backing_child(const struct image *img);
 int64_t image_allocated_bytes(struct image *img);
+/* The node's size now: its virtual size, except for a protocol node
+ * (host storage), whose length grows as its format writes past the end
+ * (size holds its length at open).  Negative errno on failure. */
+int64_t image_current_size(struct image *img);
 /* Change the virtual size (see image_ops.resize); no other operation may
  * be in flight on img.  Returns 0 or a negative errno; err holds one line:
  * the cause of a failure, or a note after a forced shrink (else empty). */

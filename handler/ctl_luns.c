@@ -35,7 +35,8 @@ void ctl_describe_node(JsonBuilder *b, struct image *img)
     json_builder_begin_object(b);
     add_string(b, "driver", img->drv ? img->drv->name : img->info.format);
     add_string(b, "filename", img->filename ? img->filename : "");
-    add_uint(b, "virtual-size", img->size);
+    int64_t size = image_current_size(img);
+    add_uint(b, "virtual-size", size >= 0 ? (uint64_t)size : img->size);
     add_uint(b, "cluster-size", img->info.cluster_size);
     /* null when the host cannot tell (not an error of the command) */
     json_builder_set_member_name(b, "allocated");

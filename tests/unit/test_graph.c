@@ -59,6 +59,10 @@ static void protocol_children(struct image *top)
         QT_CHECK(n->info.request_alignment == f->info.request_alignment);
         /* Every node counts its host use (the soft threshold needs it):
          * a format that does not count for itself reports its file's. */
+        struct stat st;
+        QT_CHECK(stat(f->filename, &st) == 0 &&
+                 image_current_size(f) == (int64_t)st.st_size &&
+                 image_current_size(n) == (int64_t)n->size);
         int64_t used = image_allocated_bytes(n);
         QT_CHECK(used > 0 && used == image_allocated_bytes(f));
         if (n->drv == &raw_driver)

@@ -164,8 +164,10 @@ grep -q "s3.qcow2" "$OUT/dev_config.txt" && rig_pass "LIO's dev_config names the
 H3=$(lun_sha)
 rig_check "logout" rig_logout "$IQN" >/dev/null
 rig_check "targetcli saveconfig" targetcli saveconfig "$OUT/saved.json"
-rig_stop_tcmu
+# Clear while our tcmu-runner still runs: targetcli with none running would
+# start Debian's own through D-Bus activation, which knows no qlun.
 rig_clearconfig
+rig_stop_tcmu
 rig_check "tcmu-runner restarted" rig_start_tcmu "$HDIR"
 rig_check "restoreconfig of the saved configuration" rig_restoreconfig "$OUT/saved.json" >"$OUT/restore2.txt" 2>&1
 DEV=
