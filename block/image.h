@@ -307,6 +307,8 @@ struct image_create_opts {
 int image_create_overlay(const struct image *top, const char *overlay_path,
                          const char *root,
                          uint32_t cluster_size, char *err, size_t errlen);
+/* The format image_create_overlay() makes (to open the overlay with). */
+const char *image_overlay_format(void);
 
 
 #endif

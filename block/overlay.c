@@ -74,6 +74,12 @@ static int resolve_parent(const char *path, char dir[PATH_MAX],
     return 0;
 }
 
+/* An overlay is always qcow2: the one format here with a backing file. */
+const char *image_overlay_format(void)
+{
+    return "qcow2";
+}
+
 int image_create_overlay(const struct image *top, const char *overlay_path,
                          const char *root,
                          uint32_t cluster_size, char *err, size_t errlen)
@@ -111,9 +117,7 @@ int image_create_overlay(const struct image *top, const char *overlay_path,
         .backing_name = backing,
         .backing_format = top->info.format,
     };
-    /* An overlay is always qcow2: the one format here with a backing
-     * file. */
-    const struct block_driver *drv = block_driver_find("qcow2");
+    const struct block_driver *drv = block_driver_find(image_overlay_format());
     assert(drv && drv->create);
     return drv->create(&o, err, errlen);
 }

@@ -85,7 +85,8 @@ static int switch_to_overlay(struct qlun_dev *d, const char *overlay,
         return ret;
     }
     struct image *img;
-    ret = open_like_lun(d, overlay, "qcow2", &img, why, sizeof(why));
+    ret = open_like_lun(d, overlay, image_overlay_format(), &img, why,
+                        sizeof(why));
     if (ret < 0) {
         snprintf(err, errlen, "cannot open the new overlay: %s", why);
         return ret;
