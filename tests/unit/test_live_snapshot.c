@@ -147,7 +147,7 @@ int main(void)
         return 77;
     }
     char dir[] = "/tmp/qlun-live-snapshot-XXXXXX", cfg[512], path[256];
-    char tops[SNAPSHOTS + 1][256], err[1024], cmd[1024];
+    char tops[SNAPSHOTS + 1][256], err[1024], cmd[2048];
     if (!mkdtemp(dir))
         return 1;
     snprintf(tops[0], sizeof(tops[0]), "%s/top0.qcow2", dir);
