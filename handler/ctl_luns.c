@@ -102,22 +102,29 @@ static bool get_luns(JsonObject *args, struct qlun_dev ***luns, size_t *n,
     return true;
 }
 
-JsonNode *ctl_query_luns(JsonObject *args, struct ctl_error *e)
+/* An array of describe(LUN) for the LUN args name, or for every LUN. */
+static JsonNode *describe_each(JsonObject *args, struct ctl_error *e,
+                               void (*describe)(JsonBuilder *,
+                                                struct qlun_dev *))
 {
     struct qlun_dev **luns;
     size_t n;
     if (!get_luns(args, &luns, &n, e))
         return NULL;
     g_autoptr(JsonBuilder) b = json_builder_new();
-
     json_builder_begin_array(b);
     for (size_t i = 0; i < n; i++) {
-        describe_lun(b, luns[i]);
+        describe(b, luns[i]);
         lun_registry_put(luns[i]);
     }
     g_free(luns);
     json_builder_end_array(b);
     return json_builder_get_root(b);
+}
+
+JsonNode *ctl_query_luns(JsonObject *args, struct ctl_error *e)
+{
+    return describe_each(args, e, describe_lun);
 }
 
 /* scsi_lun_stats_json()'s object: what /run/qlun/<serial>.json holds. */
@@ -160,17 +167,5 @@ static void describe_stats(JsonBuilder *b, struct qlun_dev *d)
 
 JsonNode *ctl_query_stats(JsonObject *args, struct ctl_error *e)
 {
-    struct qlun_dev **luns;
-    size_t n;
-    if (!get_luns(args, &luns, &n, e))
-        return NULL;
-    g_autoptr(JsonBuilder) b = json_builder_new();
-    json_builder_begin_array(b);
-    for (size_t i = 0; i < n; i++) {
-        describe_stats(b, luns[i]);
-        lun_registry_put(luns[i]);
-    }
-    g_free(luns);
-    json_builder_end_array(b);
-    return json_builder_get_root(b);
+    return describe_each(args, e, describe_stats);
 }
