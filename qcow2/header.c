@@ -27,14 +27,20 @@
         goto fail;                                    \
     } while (0)
 
+int qcow2_write_header(struct qcow2 *q, unsigned field, const void *b,
+                       size_t len)
+{
+    int ret = file_pwrite(q->img.file, b, len, field);
+    if (ret == 0)
+        ret = file_flush(q->img.file);
+    return ret;
+}
+
 int qcow2_write_header_u64(struct qcow2 *q, unsigned field, uint64_t v)
 {
     uint8_t b[8];
     put_be64(b, v);
-    int ret = file_pwrite(q->img.file, b, 8, field);
-    if (ret == 0)
-        ret = file_flush(q->img.file);
-    return ret;
+    return qcow2_write_header(q, field, b, sizeof(b));
 }
 
 int qcow2_corrupt(struct qcow2 *q, const char *fmt, ...)

@@ -249,8 +249,11 @@ static inline bool qcow2_is_corrupt(const struct qcow2 *q)
 
 /* ---- header.c ---- */
 
-/* Write the 8-byte feature field at HDR_INCOMPAT/HDR_AUTOCLEAR (big endian)
- * and file_flush().  Called with lock held. */
+/* Write len bytes of header fields at field (one write, so fields that
+ * must change together do) and file_flush().  Called with lock held. */
+int qcow2_write_header(struct qcow2 *q, unsigned field, const void *b,
+                       size_t len);
+/* The same for one 8-byte field (big endian). */
 int qcow2_write_header_u64(struct qcow2 *q, unsigned field, uint64_t v);
 
 /* Mark the image corrupt: log msg to stderr, set IMAGE_STATE_CORRUPT

@@ -95,10 +95,7 @@ static int write_reftable_header(struct qcow2 *q, uint64_t off,
     uint8_t b[12];
     put_be64(b, off);
     put_be32(b + 8, clusters);
-    int ret = file_pwrite(q->img.file, b, sizeof(b), HDR_REFTABLE_OFFSET);
-    if (ret == 0)
-        ret = file_flush(q->img.file);
-    return ret;
+    return qcow2_write_header(q, HDR_REFTABLE_OFFSET, b, sizeof(b));
 }
 
 static bool past_device(const struct qcow2 *q, uint64_t ci)

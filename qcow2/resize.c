@@ -98,10 +98,7 @@ static int write_l1_header(struct qcow2 *q, uint32_t entries, uint64_t off)
     uint8_t b[12];
     put_be32(b, entries);
     put_be64(b + 4, off);
-    int ret = file_pwrite(q->img.file, b, sizeof(b), HDR_L1_SIZE);
-    if (ret == 0)
-        ret = file_flush(q->img.file);
-    return ret;
+    return qcow2_write_header(q, HDR_L1_SIZE, b, sizeof(b));
 }
 
 /* Write and flush a new L1 table of `entries` entries at *off: the
@@ -254,15 +251,6 @@ static int check_resize(struct qcow2 *q, uint64_t new_size, bool force,
     return 0;
 }
 
-static int write_size(struct qcow2 *q, uint64_t size)
-{
-    uint8_t b[8];
-    put_be64(b, size);
-    int ret = file_pwrite(q->img.file, b, sizeof(b), HDR_SIZE);
-    if (ret == 0)
-        ret = file_flush(q->img.file);
-    return ret;
-}
 
 /* Check, then give the L1 the length the new size needs (durable).
  * Lock held. */
@@ -325,7 +313,7 @@ int qcow2_resize(struct image *img, uint64_t new_size, bool force,
     }
     pthread_mutex_lock(&q->lock);
     if (ret == 0) {
-        ret = write_size(q, new_size);
+        ret = qcow2_write_header_u64(q, HDR_SIZE, new_size);
         if (ret < 0)
             snprintf(err, errlen, "cannot write the new size: %s",
                      strerror(-ret));

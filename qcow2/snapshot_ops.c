@@ -293,9 +293,7 @@ static int switch_table(struct qcow2 *q, struct snapshot_table *t,
     uint8_t b[12];
     put_be32(b, t->nb);
     put_be64(b + 4, t->nb ? new_off : 0);
-    int ret = file_pwrite(q->img.file, b, sizeof(b), HDR_NB_SNAPSHOTS);
-    if (ret == 0)
-        ret = file_flush(q->img.file);
+    int ret = qcow2_write_header(q, HDR_NB_SNAPSHOTS, b, sizeof(b));
     if (ret < 0)
         return ret;
     *old_off = q->snapshots_offset;
