@@ -26,6 +26,42 @@ static void pick_serial(const struct qlun_config *cfg, char *out, size_t size)
     snprintf(out, size, "%016" PRIx64, h);
 }
 
+/* Where backing files (and overlays) may live: backing_root=, else the
+ * directory of the image the cfgstring named. */
+void qlun_dev_backing_root(const struct qlun_dev *d, char *out, size_t len)
+{
+    if (d->cfg.backing_root[0]) {
+        snprintf(out, len, "%s", d->cfg.backing_root);
+        return;
+    }
+    snprintf(out, len, "%s", d->cfg.path);
+    char *slash = strrchr(out, '/');
+    if (slash == out)
+        out[1] = 0;
+    else if (slash)
+        *slash = 0;
+}
+
+int qlun_dev_open_image(const struct qlun_dev *d, const char *path,
+                        const char *format, struct image **out, char *err,
+                        size_t errlen)
+{
+    char root[PATH_MAX];
+    qlun_dev_backing_root(d, root, sizeof(root));
+    bool direct = d->cfg.cache == QLUN_CACHE_NONE ||
+                  d->cfg.cache == QLUN_CACHE_DIRECTSYNC;
+    struct image_open_opts opts = {
+        .path = path,
+        .format = format,
+        .read_only = d->cfg.read_only,
+        .direct_io = direct,
+        .backing_root = root,
+        .l2_cache_bytes = d->cfg.l2_cache_size,
+        .refcount_cache_bytes = d->cfg.refcount_cache_size,
+    };
+    return image_open(&opts, out, err, errlen);
+}
+
 int qlun_dev_open(const struct qlun_dev_params *p, struct qlun_dev **out,
                   char *err, size_t errlen)
 {
@@ -51,18 +87,8 @@ int qlun_dev_open(const struct qlun_dev_params *p, struct qlun_dev **out,
         goto fail;
     }
 
-    bool direct = d->cfg.cache == QLUN_CACHE_NONE ||
-                  d->cfg.cache == QLUN_CACHE_DIRECTSYNC;
-    struct image_open_opts opts = {
-        .path = d->cfg.path,
-        .format = d->cfg.format,
-        .read_only = d->cfg.read_only,
-        .direct_io = direct,
-        .backing_root = d->cfg.backing_root[0] ? d->cfg.backing_root : NULL,
-        .l2_cache_bytes = d->cfg.l2_cache_size,
-        .refcount_cache_bytes = d->cfg.refcount_cache_size,
-    };
-    ret = image_open(&opts, &d->img, why, sizeof(why));
+    ret = qlun_dev_open_image(d, d->cfg.path, d->cfg.format, &d->img, why,
+                              sizeof(why));
     if (ret < 0) {
         snprintf(err, errlen, "cannot open image: %s", why);
         goto fail;

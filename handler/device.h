@@ -78,6 +78,15 @@ int qlun_dev_reconfig_size(struct qlun_dev *d, uint64_t new_size,
  * and, for qcow2, clears the dirty state).  NULL is a no-op. */
 int qlun_dev_close(struct qlun_dev *d);
 
+/* Where the LUN's backing files (and snapshot overlays) may live:
+ * backing_root=, else the directory of the image the cfgstring named
+ * (which stays the root after snapshots move the top elsewhere). */
+void qlun_dev_backing_root(const struct qlun_dev *d, char *out, size_t len);
+/* Open an image with the LUN's options (cache mode, caches, root). */
+int qlun_dev_open_image(const struct qlun_dev *d, const char *path,
+                        const char *format, struct image **out, char *err,
+                        size_t errlen);
+
 /* Live external snapshot: make a new qcow2 overlay at overlay_path over
  * the current top (image_create_overlay's rules), drain the LUN, flush,
  * switch the LUN to the overlay, close the old top (it stays the

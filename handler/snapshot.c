@@ -35,43 +35,6 @@ static uint64_t now_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-/* Where backing files (and overlays) may live: backing_root=, else the
- * directory of the image the cfgstring named. */
-static void backing_root_of(const struct qlun_dev *d, char *out, size_t len)
-{
-    if (d->cfg.backing_root[0]) {
-        snprintf(out, len, "%s", d->cfg.backing_root);
-        return;
-    }
-    snprintf(out, len, "%s", d->cfg.path);
-    char *slash = strrchr(out, '/');
-    if (slash == out)
-        out[1] = 0;
-    else if (slash)
-        *slash = 0;
-}
-
-/* Open an image with the LUN's options (cache mode, caches, root). */
-static int open_like_lun(const struct qlun_dev *d, const char *path,
-                         const char *format, struct image **out, char *err,
-                         size_t errlen)
-{
-    char root[PATH_MAX];
-    backing_root_of(d, root, sizeof(root));
-    bool direct = d->cfg.cache == QLUN_CACHE_NONE ||
-                  d->cfg.cache == QLUN_CACHE_DIRECTSYNC;
-    struct image_open_opts opts = {
-        .path = path,
-        .format = format,
-        .read_only = d->cfg.read_only,
-        .direct_io = direct,
-        .backing_root = root,
-        .l2_cache_bytes = d->cfg.l2_cache_size,
-        .refcount_cache_bytes = d->cfg.refcount_cache_size,
-    };
-    return image_open(&opts, out, err, errlen);
-}
-
 /* Under the drain: flush the old top (the snapshot holds every
  * acknowledged write), open the overlay over it, and switch the LUN. */
 static int switch_to_overlay(struct qlun_dev *d, const char *overlay,
@@ -85,7 +48,7 @@ static int switch_to_overlay(struct qlun_dev *d, const char *overlay,
         return ret;
     }
     struct image *img;
-    ret = open_like_lun(d, overlay, image_overlay_format(), &img, why,
+    ret = qlun_dev_open_image(d, overlay, image_overlay_format(), &img, why,
                         sizeof(why));
     if (ret < 0) {
         snprintf(err, errlen, "cannot open the new overlay: %s", why);
@@ -103,7 +66,7 @@ static int snapshot_locked(struct qlun_dev *d, const char *overlay_path,
                            size_t cfglen, char *err, size_t errlen)
 {
     char root[PATH_MAX];
-    backing_root_of(d, root, sizeof(root));
+    qlun_dev_backing_root(d, root, sizeof(root));
     int ret = qlun_config_with_top(d->cfgstring, overlay_path, d->serial,
                                    root, cfgstring, cfglen);
     if (ret < 0) {
