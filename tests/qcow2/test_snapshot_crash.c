@@ -26,6 +26,7 @@
 #include "block/host.h"
 #include "common/util.h"
 #include "qcow2/qcow2-internal.h"
+#include "common/iov.h"
 #include "qtest.h"
 
 enum op_kind { OP_WRITE, OP_FALLOC, OP_TRUNC, OP_SYNC };
@@ -65,12 +66,7 @@ static ssize_t rec_pwritev(int fd, const struct iovec *iov, int cnt, off_t off)
     if (n > 0 && recording) {
         uint8_t *d = malloc((size_t)n);
         assert(d);
-        size_t done = 0;
-        for (int i = 0; i < cnt && done < (size_t)n; i++) {
-            size_t m = MIN(iov[i].iov_len, (size_t)n - done);
-            memcpy(d + done, iov[i].iov_base, m);
-            done += m;
-        }
+        iov_to_buf(iov, cnt, 0, d, (size_t)n);
         push_op((struct op){ .kind = OP_WRITE, .off = (uint64_t)off,
                              .len = (uint64_t)n, .data = d });
     }
