@@ -113,7 +113,6 @@ int qlun_dev_open(const struct qlun_dev_params *p, struct qlun_dev **out,
         goto fail;
     }
 
-    d->block_size = p->block_size;
     pick_serial(&d->cfg, d->serial, sizeof(d->serial));
     snprintf(d->name, sizeof(d->name), "%s", p->name ? p->name : "");
     struct scsi_lun_config lc = {

@@ -44,7 +44,6 @@ struct qlun_dev {
     uint64_t last_drain_ns;       /* how long the last snapshot drained */
     struct scsi_lun *lun;
     struct stats_file *stats;
-    uint32_t block_size;       /* the LUN's logical block size */
     char serial[QLUN_SERIAL_MAX + 1];
     char name[128];            /* the backstore's name; "" = unknown */
     bool registered;           /* in handler/registry.h's list */

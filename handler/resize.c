@@ -49,7 +49,9 @@ static int resize_serialised(struct qlun_dev *d, uint64_t new_size,
 {
     if (errlen)
         err[0] = 0;
-    uint32_t bs = d->block_size;
+    struct scsi_lun_info li;
+    scsi_lun_get_info(d->lun, &li);
+    uint32_t bs = li.block_size;
     if (new_size == 0 || new_size % bs || new_size > (uint64_t)INT64_MAX) {
         snprintf(err, errlen, "size %" PRIu64 " is not a positive multiple "
                  "of the LUN's %" PRIu32 "-byte blocks", new_size, bs);
@@ -59,7 +61,7 @@ static int resize_serialised(struct qlun_dev *d, uint64_t new_size,
         snprintf(err, errlen, "%s is served read-only", d->cfg.path);
         return -EROFS;
     }
-    uint64_t old_size = scsi_lun_num_blocks(d->lun) * bs;
+    uint64_t old_size = li.num_blocks * bs;
     if (new_size == old_size)
         return 0;
     if (new_size < old_size && !force) {
