@@ -408,3 +408,19 @@ int image_snapshot_list(struct image *img, struct image_snapshot_info **out,
         snprintf(err, errlen, "snapshot list: %s", strerror(-ret));
     return ret;
 }
+
+void image_remove_filter(struct image **edge)
+{
+    struct image *f = *edge;
+    assert(f && f->drv && f->drv->is_filter && f->file);
+    *edge = f->file;
+    f->file = NULL; /* not closed with the filter */
+    image_close(f);
+}
+
+struct image *image_skip_filters(struct image *img)
+{
+    while (img && img->drv && img->drv->is_filter)
+        img = img->file;
+    return img;
+}

@@ -284,6 +284,14 @@ void image_set_state(struct image *img, unsigned bits);
  * Only while no request is in flight on *edge. */
 int image_insert_filter(struct image **edge, const struct block_driver *drv,
                         char *err, size_t errlen);
+/* Take the filter node *edge (drv->is_filter) out of the graph: its child
+ * takes its place at *edge, and the filter node alone is closed (its
+ * driver's close, then freed; the child stays open).  Only while no
+ * request is in flight on *edge. */
+void image_remove_filter(struct image **edge);
+/* img, or the first node below it that is not a filter (down the filters'
+ * `file` edges). */
+struct image *image_skip_filters(struct image *img);
 /* Close and free; returns the driver's close status (the image is freed
  * either way).  NULL is a no-op. */
 int image_close(struct image *img);

@@ -79,7 +79,7 @@ static void describe_lun(JsonBuilder *b, struct qlun_dev *d)
     /* The graph changes with a snapshot (under control_lock). */
     pthread_mutex_lock(&d->control_lock);
     json_builder_set_member_name(b, "graph");
-    ctl_describe_node(b, d->img);
+    ctl_describe_node(b, qlun_dev_served(d));
     pthread_mutex_unlock(&d->control_lock);
     json_builder_end_object(b);
 }

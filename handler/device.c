@@ -167,7 +167,8 @@ int qlun_dev_close(struct qlun_dev *d)
         lun_registry_remove(d);
     stats_file_stop(d->stats);
     scsi_lun_free(d->lun);
-    int ret = image_close(d->img);
+    /* The filters first, then the top and what is below it. */
+    int ret = image_close(qlun_dev_served(d));
     pthread_mutex_destroy(&d->control_lock);
     free(d);
     return ret;

@@ -24,9 +24,22 @@ struct qlun_dev_params {
     const char *name;
 };
 
+/* The LUN's filter slots, from the initiator down (handler/lun_graph.c). */
+enum qlun_filter_slot {
+    QLUN_FILTER_THROTTLE,
+    QLUN_FILTER_COPY_ON_READ,
+    QLUN_FILTER_JOB,
+    QLUN_FILTER_SLOTS
+};
+
 struct qlun_dev {
     struct qlun_config cfg;       /* as opened; cfg.path is the first top */
-    struct image *img;            /* the top: changes with a snapshot */
+    /* The top image (a format node): changes with a snapshot or a pivot.
+     * The LUN serves it under its filters (qlun_dev_served). */
+    struct image *img;
+    /* One filter node per slot or NULL; each one's `file` is the next
+     * one down, the last one's img.  Changed only under the drain. */
+    struct image *filters[QLUN_FILTER_SLOTS];
     /* The cfgstring that reopens this LUN as it is now (it changes with
      * an external snapshot). */
     char cfgstring[QLUN_CFGSTRING_MAX + 1];
@@ -72,6 +85,25 @@ int qlun_dev_resize(struct qlun_dev *d, uint64_t new_size, bool force,
  * unit attention, which tcmu-runner raises itself once this returns 0. */
 int qlun_dev_reconfig_size(struct qlun_dev *d, uint64_t new_size,
                            char *err, size_t errlen);
+
+/* The LUN's graph (handler/lun_graph.c).  All but qlun_dev_served only
+ * under the LUN's drain (scsi_lun_drain_begin), which they need because
+ * they move edges that commands follow. */
+/* What the LUN serves: its outermost filter, else the top. */
+struct image *qlun_dev_served(const struct qlun_dev *d);
+/* Put a new filter node of drv in the empty slot, between the filter (or
+ * the top) below and the one above; *node (optional) gets it, to be set
+ * up before the drain ends.  The filter's open may fail: err says why. */
+int qlun_dev_filter_insert(struct qlun_dev *d, enum qlun_filter_slot slot,
+                           const struct block_driver *drv,
+                           struct image **node, char *err, size_t errlen);
+/* Take the slot's filter out and close it (not what is below it). */
+void qlun_dev_filter_remove(struct qlun_dev *d, enum qlun_filter_slot slot);
+/* The LUN's top is now top (the filters stay above it); returns the old
+ * top, which the caller closes after the drain. */
+struct image *qlun_dev_switch_top(struct qlun_dev *d, struct image *top);
+/* The top's size changed (image_resize): the filters take it. */
+void qlun_dev_top_resized(struct qlun_dev *d);
 
 /* Close and free; returns the image's close status (a clean close flushes
  * and, for qcow2, clears the dirty state).  NULL is a no-op. */

@@ -73,6 +73,7 @@ static int resize_serialised(struct qlun_dev *d, uint64_t new_size,
     scsi_lun_drain_begin(d->lun);
     int ret = resize_image(d, old_size, new_size, force, err, errlen);
     if (ret == 0) {
+        qlun_dev_top_resized(d);
         if (report_ua)
             scsi_lun_resize(d->lun, new_size / bs);
         else

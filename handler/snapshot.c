@@ -54,9 +54,7 @@ static int switch_to_overlay(struct qlun_dev *d, const char *overlay,
         snprintf(err, errlen, "cannot open the new overlay: %s", why);
         return ret;
     }
-    *old = d->img;
-    d->img = img;
-    scsi_lun_set_image(d->lun, img);
+    *old = qlun_dev_switch_top(d, img);
     return 0;
 }
 

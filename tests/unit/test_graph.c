@@ -519,6 +519,14 @@ static void filters(void)
     /* The backing is read-only through the filter too. */
     uint8_t x = 1;
     QT_CHECK(image_write(&below->img, &x, 1, 0, 0) == -EROFS);
+    QT_CHECK(image_skip_filters(b) == qcow2_node);
+    QT_CHECK(image_skip_filters(qcow2_node) == qcow2_node);
+    /* Taking the filters out leaves their children where they were, open
+     * and serving the same content. */
+    image_remove_filter(&b);
+    image_remove_filter(&qcow2_node->backing);
+    QT_CHECK(b == qcow2_node && qcow2_node->backing->drv == &raw_driver);
+    same_view(a, b);
     QT_CHECK(image_close(a) == 0);
     QT_CHECK(image_close(b) == 0);
     /* Closed through the filters, the images are consistent. */
