@@ -292,6 +292,34 @@ void image_remove_filter(struct image **edge);
 /* img, or the first node below it that is not a filter (down the filters'
  * `file` edges). */
 struct image *image_skip_filters(struct image *img);
+/* ---- Changing a graph's chain (block jobs; block/chain_edit.c) ---- */
+/* The node of img's chain (img, its backing child, ... down; filters
+ * skipped) whose file is path, compared after realpath; NULL if none. */
+struct image *image_chain_find(struct image *img, const char *path);
+/* Reopen the node *edge points at with opts (path and format: the node's
+ * own; read_only as opts says), in place: the new node takes over the old
+ * one's backing child, and the old node alone is closed (a clean close).
+ * For a job that must write into a backing node (commit's base, stream's
+ * intermediate) and give it back read-only after.  Only while no request
+ * is in flight on *edge.  On failure *edge is unchanged and open. */
+int image_reopen(struct image **edge, const struct image_open_opts *opts,
+                 char *err, size_t errlen);
+/* Make img's backing file new_backing, a node of img's chain below it, or
+ * none (NULL): first img is flushed, then its image names new_backing
+ * (its path relative to img's directory where it lies under it, and its
+ * format) durably, so that a crash leaves the old name or the new one and
+ * never names a chain that lacks data img relied on from the old one;
+ * then the graph's edge changes and the nodes that were between img and
+ * new_backing are closed.  The caller has copied into img (or
+ * new_backing) whatever they held.  Only while no request is in flight on
+ * img.  A format that cannot store a backing name (raw): -ENOTSUP. */
+int image_set_backing(struct image *img, struct image *new_backing,
+                      char *err, size_t errlen);
+/* Close img and the nodes of its chain down to keep, which stays open
+ * and is detached from its parent (an active commit's pivot: the base
+ * outlives the layers above it).  keep must be in img's chain. */
+int image_close_above(struct image *img, struct image *keep);
+
 /* Close and free; returns the driver's close status (the image is freed
  * either way).  NULL is a no-op. */
 int image_close(struct image *img);

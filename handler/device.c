@@ -116,7 +116,7 @@ int qlun_dev_open(const struct qlun_dev_params *p, struct qlun_dev **out,
     pick_serial(&d->cfg, d->serial, sizeof(d->serial));
     snprintf(d->name, sizeof(d->name), "%s", p->name ? p->name : "");
     struct scsi_lun_config lc = {
-        .img = d->img,
+        .img = qlun_dev_served(d),
         .block_size = p->block_size,
         .num_blocks = p->num_blocks,
         .max_xfer_blocks = p->max_xfer_blocks,
