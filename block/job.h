@@ -248,5 +248,8 @@ void job_set_error(struct job *job, const char *fmt, ...)
 extern const struct job_driver stream_job_driver;
 extern const struct job_driver commit_job_driver;
 extern const struct job_driver mirror_job_driver;
+/* The active commit (block/active_commit.c): type "commit" whose top is
+ * the LUN's top or none; job.c routes it here. */
+extern const struct job_driver active_commit_job_driver;
 
 #endif
