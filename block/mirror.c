@@ -25,6 +25,8 @@
 #include "block/driver.h"
 #include "block/mirror_internal.h"
 
+void (*mirror_target_hook)(struct image **target);
+
 /* A new raw target: an empty sparse file of the LUN's size.  O_EXCL:
  * never clobbers a file (or follows a symlink). */
 static int create_raw(const char *path, uint64_t size, char *err,
@@ -186,6 +188,8 @@ static int mirror_start(struct job *job, const struct job_params *p,
             return ret;
     }
     ret = open_target(m, p->target, format, err, errlen);
+    if (ret == 0 && mirror_target_hook)
+        mirror_target_hook(&m->target);
     if (ret == 0) {
         m->base = p->sync_top ? image_backing_child(m->src) : NULL;
         m->first_mode = p->existing ? COPY_DST_ANY : COPY_DST_READS_ZERO;

@@ -50,6 +50,9 @@ int mirror_engine_run(struct job *job);
 int mirror_engine_catch_up(struct mirror_job *m);
 /* Under the drain: take the filter out of the LUN's job slot. */
 void mirror_engine_stop_tracking(struct mirror_job *m);
+/* For tests: called with the mirror's target node right after it is
+ * opened (a test puts a failing filter above it).  NULL in production. */
+extern void (*mirror_target_hook)(struct image **target);
 /* Free the bitmap and buffer (the driver's destroy). */
 void mirror_engine_free(struct job *job);
 
