@@ -41,13 +41,6 @@ static int find_base(struct image *top, const struct job_params *p,
         snprintf(err, errlen, "commit needs a base below the top");
         return -EINVAL;
     }
-    if ((*base)->size < top->size) {
-        snprintf(err, errlen, "base %s (%llu bytes) is smaller than the "
-                 "top (%llu bytes): resize it first", (*base)->filename,
-                 (unsigned long long)(*base)->size,
-                 (unsigned long long)top->size);
-        return -EINVAL;
-    }
     return 0;
 }
 
@@ -73,6 +66,25 @@ static int reopen_base(struct mirror_job *m, bool read_only, char *err,
     return ret;
 }
 
+/* Base smaller than the top (the LUN grew): grow it so all of the top
+ * fits; the range added reads as zeros, as it did past base's end.  On
+ * failure the base goes back read-only.  Under the drain. */
+static int fit_base(struct mirror_job *m, char *err, size_t errlen)
+{
+    if (m->base->size >= m->src->size)
+        return 0;
+    char why[256] = "";
+    int ret = image_resize(m->base, m->src->size, false, why, sizeof(why));
+    if (ret < 0) {
+        snprintf(err, errlen, "base %s (%llu bytes) is smaller than the top "
+                 "(%llu bytes) and cannot grow: %s", m->base->filename,
+                 (unsigned long long)m->base->size,
+                 (unsigned long long)m->src->size, why);
+        reopen_base(m, true, why, sizeof(why));
+    }
+    return ret;
+}
+
 static int commit_start(struct job *job, const struct job_params *p,
                         char *err, size_t errlen)
 {
@@ -91,6 +103,8 @@ static int commit_start(struct job *job, const struct job_params *p,
     }
     o->drain_begin(o->opaque);
     ret = reopen_base(m, false, err, errlen);
+    if (ret == 0)
+        ret = fit_base(m, err, errlen);
     o->drain_end(o->opaque);
     if (ret < 0)
         return ret;

@@ -14,6 +14,8 @@ static const struct {
     const struct job_driver *active; /* for the LUN's top, if different */
 } table[] = {
     { NULL, NULL, NULL }, /* the drivers land here: stream, commit, mirror */
+    { "commit", &commit_job_driver, &active_commit_job_driver },
+    { "mirror", &mirror_job_driver, NULL },
 };
 
 /* Whether p names the LUN's top (or no top: commit's default). */

@@ -331,14 +331,11 @@ static bool wait_status(const char *id, enum job_status s, int seconds)
     return false;
 }
 
-/* The drivers by hand: block/job_drivers.c names them once the copy
- * helper and the chain edits they need are on main. */
+/* Through job_start: block/job_drivers.c routes "mirror", and "commit"
+ * of the LUN's top, to these drivers. */
 static int start_job(const struct job_params *p, char *err, size_t errlen)
 {
-    const struct job_driver *drv = strcmp(p->type, "mirror") == 0
-                                       ? &mirror_job_driver
-                                       : &active_commit_job_driver;
-    return job_start_with_driver(drv, p, &owner, err, errlen);
+    return job_start(p, &owner, err, errlen);
 }
 
 /* Complete a ready job while the writers go on; the job's result. */
