@@ -254,32 +254,45 @@ static char base_path[512], mid_path[512], top_path[512];
  * over [8M, 40M); raw: a hole); with mid: mid.qcow2 holds 0x44 in
  * [10M, 12M); top.qcow2: 0x22 in [4M, 6M), zero clusters over the base's
  * data in [6M, 7M), 0x33 in [20M, 21M). */
+static void make_chain_sized(const char *base_fmt, bool with_mid,
+                             uint64_t base_size);
 static void make_chain(const char *base_fmt, bool with_mid)
+{
+    make_chain_sized(base_fmt, with_mid, SIZE);
+}
+
+/* base_size < SIZE: the LUN grew after the base was made (base zeros
+ * only up to its end). */
+static void make_chain_sized(const char *base_fmt, bool with_mid,
+                             uint64_t base_size)
 {
     sh("rm -f %s/*", dir);
     snprintf(base_path, sizeof(base_path), "%s/base.%s", dir, base_fmt);
     snprintf(mid_path, sizeof(mid_path), "%s/mid.qcow2", dir);
     snprintf(top_path, sizeof(top_path), "%s/top.qcow2", dir);
     CHECK_EQ(sh("qemu-img create -q -f %s %s %llu", base_fmt, base_path,
-                SIZE), 0);
+                (unsigned long long)base_size), 0);
     if (strcmp(base_fmt, "qcow2") == 0)
         CHECK_EQ(sh("qemu-io -f qcow2 -c 'write -P 0x11 0 8M' "
-                    "-c 'write -z 8M 32M' %s >/dev/null", base_path), 0);
+                    "-c 'write -z 8M %lluM' %s >/dev/null",
+                    (unsigned long long)((base_size > 40 * MiB ? 40 * MiB
+                                                               : base_size) /
+                                         MiB - 8), base_path), 0);
     else
         CHECK_EQ(sh("qemu-io -f raw -c 'write -P 0x11 0 8M' %s >/dev/null",
                     base_path), 0);
     const char *below = strrchr(base_path, '/') + 1, *below_fmt = base_fmt;
     if (with_mid) {
         CHECK_EQ(sh("cd %s && qemu-img create -q -f qcow2 -b %s -F %s "
-                    "mid.qcow2 && qemu-io -f qcow2 -c 'write -P 0x44 10M 2M' "
-                    "mid.qcow2 >/dev/null", dir, below, below_fmt), 0);
+                    "mid.qcow2 %llu && qemu-io -f qcow2 -c 'write -P 0x44 10M 2M' "
+                    "mid.qcow2 >/dev/null", dir, below, below_fmt, SIZE), 0);
         below = "mid.qcow2";
         below_fmt = "qcow2";
     }
     CHECK_EQ(sh("cd %s && qemu-img create -q -f qcow2 -b %s -F %s top.qcow2 "
-                "&& qemu-io -f qcow2 -c 'write -P 0x22 4M 2M' "
+                "%llu && qemu-io -f qcow2 -c 'write -P 0x22 4M 2M' "
                 "-c 'write -z 6M 1M' -c 'write -P 0x33 20M 1M' top.qcow2 "
-                ">/dev/null", dir, below, below_fmt), 0);
+                ">/dev/null", dir, below, below_fmt, SIZE), 0);
 }
 
 static void lun_open(void)
@@ -596,10 +609,11 @@ static void test_mirror_target_fails(int err_no, bool after_ready)
 
 /* ---- active commit ---- */
 
-static void test_commit_complete(const char *base_fmt)
+static void test_commit_complete(const char *base_fmt, uint64_t base_size)
 {
-    fprintf(stderr, "active commit into a %s base\n", base_fmt);
-    make_chain(base_fmt, true);
+    fprintf(stderr, "active commit into a %s base of %llu MiB\n", base_fmt,
+            (unsigned long long)(base_size / MiB));
+    make_chain_sized(base_fmt, true, base_size);
     long long src_data = data_bytes(top_path, false);
     lun_open();
     writers_start();
@@ -613,6 +627,7 @@ static void test_commit_complete(const char *base_fmt)
     writers_stop();
     CHECK_EQ(r, JOB_RESULT_COMPLETED);
     CHECK(lun.top->backing == NULL);       /* the base was the bottom */
+    CHECK_EQ(lun.top->size, SIZE);         /* a smaller base grew */
     check_pivoted(base_path, base_fmt, src_data);
 }
 
@@ -782,9 +797,11 @@ int main(int argc, char **argv)
     if (want(argc, argv, "eio"))
         test_mirror_target_fails(EIO, true);
     if (want(argc, argv, "commit"))
-        test_commit_complete("qcow2");
+        test_commit_complete("qcow2", SIZE);
+    if (want(argc, argv, "commit-grow"))
+        test_commit_complete("qcow2", 16 * MiB);
     if (want(argc, argv, "commit-raw"))
-        test_commit_complete("raw");
+        test_commit_complete("raw", SIZE);
     if (want(argc, argv, "commit-cancel"))
         test_commit_cancel(seed);
     free(model);
