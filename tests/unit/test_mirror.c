@@ -459,6 +459,14 @@ static void test_mirror_top_raw_refused(void)
                             .format = "raw", .sync_top = true };
     CHECK_EQ(start_job(&p, err, sizeof(err)), -EINVAL);
     CHECK(access(target, F_OK) != 0);
+    /* A start that fails after creating its target removes it. */
+    char made[600];
+    target_path(made, sizeof(made), "t.qcow2");
+    struct job_params bad = { .type = "mirror", .id = "m", .target = made,
+                              .granularity = 3000 };
+    CHECK_EQ(start_job(&bad, err, sizeof(err)), -EINVAL);
+    CHECK(strstr(err, "granularity") != NULL);
+    CHECK(access(made, F_OK) != 0);
     /* A new target never clobbers an existing file. */
     CHECK_EQ(sh("echo keep > %s", target), 0);
     p.sync_top = false;
