@@ -22,6 +22,7 @@ SECTIONS = [  # README heading -> manual section
     ("Statistics", "STATISTICS"),
     ("Online resize", "ONLINE RESIZE"),
     ("Live snapshots", "LIVE SNAPSHOTS"),
+    ("Mirror and active commit", "MIRROR AND ACTIVE COMMIT"),
     ("Management socket and qlunctl", "MANAGEMENT SOCKET AND QLUNCTL"),
     ("Tuning", "TUNING"),
 ]
