@@ -314,8 +314,18 @@ static void refusals(void)
     if (jh_open(&h, "refuse", lun_top, "qcow2", dir) < 0)
         return;
     char err[512];
-    QT_CHECK(start_commit(&h, "r1", "refuse", "l2.qcow2", NULL, 0, err,
-                          sizeof(err)) == -EINVAL);
+    /* The LUN's top: job_start routes it to the active commit (the
+     * mirror engine, tests/unit/test_mirror.c); commit_job_driver itself
+     * refuses it. */
+    struct job_params active = { .type = "commit", .id = "r1",
+                                 .top = lun_top };
+    QT_CHECK(job_driver_for(&active, &h.owner) == &active_commit_job_driver);
+    active.top = NULL;
+    QT_CHECK(job_driver_for(&active, &h.owner) == &active_commit_job_driver);
+    active.top = lun_top;
+    err[0] = 0;
+    QT_CHECK(job_start_with_driver(&commit_job_driver, &active, &h.owner,
+                                   err, sizeof(err)) == -EINVAL);
     QT_CHECK(strstr(err, "mirror engine") != NULL);
     QT_CHECK(start_commit(&h, "r2", "refuse", "nothing.qcow2", NULL, 0, err,
                           sizeof(err)) == -ENOENT);
