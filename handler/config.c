@@ -226,6 +226,8 @@ static int opt_throttle_group(struct qlun_config *cfg, const char *v)
 
 #define IOPS_EXPECTED "operations per second, 0 = no limit"
 #define BPS_EXPECTED "bytes per second, suffixes K, M, G, T; 0 = no limit"
+#define BURST_EXPECTED "seconds, 1 to 3600"
+#define GROUP_EXPECTED "1 to 32 of A-Z a-z 0-9 _ - ."
 
 /* tcmu-runner reads this one from every cfgstring itself. */
 static int opt_runner_owned(struct qlun_config *cfg, const char *v)
@@ -265,9 +267,8 @@ static const struct {
     { "bps_max", opt_bps_max, BPS_EXPECTED },
     { "bps_rd_max", opt_bps_rd_max, BPS_EXPECTED },
     { "bps_wr_max", opt_bps_wr_max, BPS_EXPECTED },
-    { "burst_secs", opt_burst_secs, "seconds, 1 to 3600" },
-    { "throttle_group", opt_throttle_group,
-      "1 to 32 of A-Z a-z 0-9 _ - ." },
+    { "burst_secs", opt_burst_secs, BURST_EXPECTED },
+    { "throttle_group", opt_throttle_group, GROUP_EXPECTED },
 };
 
 /* The options qlun_config_with_throttle() rewrites. */
