@@ -78,20 +78,27 @@ static int fault_fallocate(int fd, int mode, off_t off, off_t len)
 /* dir/name/: base (base_fmt) <- l1.qcow2 <- ... <- l<depth-1>.qcow2, 8
  * MiB, data in every layer (some over lower data), zero clusters, holes;
  * the last is the LUN's top. */
-static void make_chain(const char *name, const char *base_fmt, int depth)
+static void make_chain_sized(const char *name, const char *base_fmt,
+                             int depth, const char *base_size)
 {
     qt_must("cd '%s' && mkdir %s && cd %s && qemu-img create -q -f %s base "
-            "8M && qemu-io -f %s -c 'write -P 0x10 0 3M' base",
-            dir, name, name, base_fmt, base_fmt);
+            "%s && qemu-io -f %s -c 'write -P 0x10 0 3M' base",
+            dir, name, name, base_fmt, base_size, base_fmt);
     for (int i = 1; i < depth; i++) {
         char below[32];
         snprintf(below, sizeof(below), i == 1 ? "base" : "l%d.qcow2", i - 1);
         qt_must("cd '%s/%s' && qemu-img create -q -f qcow2 -b %s -F %s "
-                "l%d.qcow2 && qemu-io -f qcow2 -c 'write -P 0x%x %dM 1536k' "
-                "-c 'write -z %dk 256k' l%d.qcow2",
+                "l%d.qcow2 8M && qemu-io -f qcow2 -c 'write -P 0x%x %dM "
+                "1536k' -c 'write -z %dk 256k' -c 'write -P 0x%x 6M 64k' "
+                "l%d.qcow2",
                 dir, name, below, i == 1 ? base_fmt : "qcow2", i,
-                0x20 + i, i, 512 * i, i);
+                0x20 + i, i, 512 * i, 0x40 + i, i);
     }
+}
+
+static void make_chain(const char *name, const char *base_fmt, int depth)
+{
+    make_chain_sized(name, base_fmt, depth, "8M");
 }
 
 static void path_of(char *out, size_t len, const char *name, const char *f)
@@ -161,9 +168,10 @@ static int start_commit(struct job_harness *h, const char *id,
 
 /* Commit `top` (below the LUN's top) into base with writers running. */
 static void commit_ok(const char *name, const char *base_fmt, int depth,
-                      const char *top, const char *base, const char *want)
+                      const char *top, const char *base, const char *want,
+                      const char *base_size)
 {
-    make_chain(name, base_fmt, depth);
+    make_chain_sized(name, base_fmt, depth, base_size);
     char lun_top[4300], ltop[32];
     snprintf(ltop, sizeof(ltop), "l%d.qcow2", depth - 1);
     path_of(lun_top, sizeof(lun_top), name, ltop);
@@ -198,15 +206,12 @@ static void commit_ok(const char *name, const char *base_fmt, int depth,
     int len = 1;
     for (const char *c = want; *c; c++)
         len += *c == ' ';
+    /* Every image of the chain is checked but a raw base. */
     char qcow2s[256];
-    snprintf(qcow2s, sizeof(qcow2s), "%s%s", want,
-             strcmp(base_fmt, "raw") == 0 ? "" : "");
-    /* raw bases are not qemu-img-checked. */
-    if (strcmp(base_fmt, "raw") == 0) {
-        char *b = strstr(qcow2s, " base");
-        if (b)
-            *b = 0;
-    }
+    snprintf(qcow2s, sizeof(qcow2s), "%s", want);
+    char *raw_base = strstr(qcow2s, " base");
+    if (raw_base && strcmp(base_fmt, "raw") == 0)
+        *raw_base = 0;
     qemu_checks(name, ltop, len, qcow2s);
 }
 
@@ -346,12 +351,18 @@ int main(void)
     host_sys.fallocate = fault_fallocate;
     qt_mkdtemp(dir, sizeof(dir), "qlun-test-commit");
     refusals();
-    commit_ok("mid-qcow2", "qcow2", 3, "l1.qcow2", NULL, "l2.qcow2 base");
-    commit_ok("mid-raw", "raw", 3, "l1.qcow2", "base", "l2.qcow2 base");
+    commit_ok("mid-qcow2", "qcow2", 3, "l1.qcow2", NULL, "l2.qcow2 base",
+              "8M");
+    commit_ok("mid-raw", "raw", 3, "l1.qcow2", "base", "l2.qcow2 base", "8M");
     /* l1's parent l2 is an intermediate (read-only) node. */
     commit_ok("deep", "qcow2", 4, "l1.qcow2", NULL,
-              "l3.qcow2 l2.qcow2 base");
-    commit_ok("deep-two", "qcow2", 4, "l2.qcow2", "base", "l3.qcow2 base");
+              "l3.qcow2 l2.qcow2 base", "8M");
+    commit_ok("deep-two", "qcow2", 4, "l2.qcow2", "base", "l3.qcow2 base",
+              "8M");
+    /* A base smaller than top grows (l1 has data at 6 MiB). */
+    commit_ok("grow-qcow2", "qcow2", 3, "l1.qcow2", NULL, "l2.qcow2 base",
+              "4M");
+    commit_ok("grow-raw", "raw", 3, "l1.qcow2", NULL, "l2.qcow2 base", "4M");
     for (int i = 0; i < 4; i++)
         cancel_at_random(i);
     base_fails(ENOSPC);
