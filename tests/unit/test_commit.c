@@ -25,6 +25,7 @@
 #include "block/host.h"
 #include "block/job.h"
 #include "job_harness.h"
+#include "tests/qcow2/crash_rec.h"
 #include "tests/qcow2/qtest.h"
 
 #define MiB (1024ull * 1024)
@@ -61,7 +62,7 @@ static ssize_t fault_pwritev(int fd, const struct iovec *iov, int cnt,
         errno = atomic_load(&fault_errno);
         return -1;
     }
-    return pwritev(fd, iov, cnt, off);
+    return crash_pwritev(fd, iov, cnt, off);
 }
 
 static int fault_fallocate(int fd, int mode, off_t off, off_t len)
@@ -70,7 +71,14 @@ static int fault_fallocate(int fd, int mode, off_t off, off_t len)
         errno = atomic_load(&fault_errno);
         return -1;
     }
-    return fallocate(fd, mode, off, len);
+    return crash_fallocate(fd, mode, off, len);
+}
+
+/* The faults over the crash recorder's hooks. */
+static void install_hooks(void)
+{
+    host_sys.pwritev = fault_pwritev;
+    host_sys.fallocate = fault_fallocate;
 }
 
 /* ---- chains ---- */
@@ -340,6 +348,92 @@ static void refusals(void)
     QT_CHECK(jh_close(&h) == 0);
 }
 
+/* Every crash image of a commit (the LUN's top l2 and base recorded). */
+struct crash_ctx {
+    const char *name;
+    unsigned old_name, new_name, images;
+};
+
+static void judge(const struct crash_file *files, const char *what,
+                  void *opaque)
+{
+    struct crash_ctx *c = opaque;
+    char p[4300], out[4096];
+    path_of(p, sizeof(p), c->name, "crash/l2.qcow2");
+    bool ok = qt_write_file(p, files[0].b, files[0].size);
+    path_of(p, sizeof(p), c->name, "crash/base");
+    if (!ok || !qt_write_file(p, files[1].b, files[1].size)) {
+        QT_FAIL("%s: cannot write the crash images", what);
+        return;
+    }
+    c->images++;
+    int st = qt_run_out(out, sizeof(out), "cd '%s/%s/crash' && "
+                        "qemu-img check -q l2.qcow2 && qemu-img check -q "
+                        "base", dir, c->name);
+    if (st != 0 && st != 3)
+        QT_FAIL("%s: qemu-img check -> %d\n%s", what, st, out);
+    qt_run_out(out, sizeof(out), "qemu-img info --output=json "
+               "'%s/%s/crash/l2.qcow2' | jq -r '.\"backing-filename\"'",
+               dir, c->name);
+    out[strcspn(out, "\n")] = 0;
+    if (strcmp(out, "l1.qcow2") == 0)
+        c->old_name++;
+    else if (strcmp(out, "base") == 0)
+        c->new_name++;
+    else
+        QT_FAIL("%s: l2 names backing '%s'", what, out);
+    if (qt_run_out(out, sizeof(out), "cd '%s/%s' && qemu-img compare -F raw "
+                   "crash/l2.qcow2 model.raw", dir, c->name) != 0)
+        QT_FAIL("%s: content differs: %s", what, out);
+}
+
+/* Crash ordering of a commit: base's data is durable before the LUN's
+ * top names base.  Every host write to l2 and base is recorded; every
+ * crash must check clean, name l1 or base, and read the same. */
+static void commit_crash(void)
+{
+    const char *name = "crash";
+    make_chain(name, "qcow2", 3);
+    char l2[4300], base[4300], real[2][4096];
+    path_of(l2, sizeof(l2), name, "l2.qcow2");
+    path_of(base, sizeof(base), name, "base");
+    qt_must("cd '%s/%s' && mkdir crash && cp l1.qcow2 crash/", dir, name);
+    struct job_harness h;
+    if (!realpath(l2, real[0]) || !realpath(base, real[1]) ||
+        jh_open(&h, name, l2, "qcow2", dir) < 0)
+        return;
+    char mp[4300];
+    path_of(mp, sizeof(mp), name, "model.raw");
+    QT_CHECK(jh_save_model(&h, mp));
+    struct crash_file before[2] = { 0 };
+    size_t len;
+    before[0].b = qt_read_file(l2, &len);
+    before[0].size = len;
+    before[1].b = qt_read_file(base, &len);
+    before[1].size = len;
+    const char *paths[2] = { real[0], real[1] };
+    crash_rec_start_paths(paths, 2);
+    char err[512];
+    QT_CHECK(start_commit(&h, name, name, "l1.qcow2", NULL, 0, err,
+                          sizeof(err)) == 0);
+    struct job_info info;
+    QT_CHECK(jh_wait(&h, name, &info, 60) &&
+             info.result == JOB_RESULT_COMPLETED);
+    QT_CHECK(jh_close(&h) == 0);
+    crash_rec_stop();
+    QT_CHECK(job_dismiss(name, err, sizeof(err)) == 0);
+    struct crash_ctx c = { .name = name };
+    struct qt_rng rng;
+    qt_rng_seed(&rng, qt_seed());
+    crash_replay_files(before, 2, &rng, judge, &c);
+    printf("commit crash: %zu host ops, %u crash images: %u name l1, %u "
+           "name base\n", crash_nops, c.images, c.old_name, c.new_name);
+    QT_CHECK(c.old_name > 0 && c.new_name > 0);
+    crash_rec_clear();
+    free(before[0].b);
+    free(before[1].b);
+}
+
 int main(void)
 {
     qt_require_qemu();
@@ -347,8 +441,7 @@ int main(void)
         printf("SKIP: jq not installed\n");
         return SKIP_CODE;
     }
-    host_sys.pwritev = fault_pwritev;
-    host_sys.fallocate = fault_fallocate;
+    install_hooks();
     qt_mkdtemp(dir, sizeof(dir), "qlun-test-commit");
     refusals();
     commit_ok("mid-qcow2", "qcow2", 3, "l1.qcow2", NULL, "l2.qcow2 base",
@@ -367,6 +460,7 @@ int main(void)
         cancel_at_random(i);
     base_fails(ENOSPC);
     base_fails(EIO);
+    commit_crash();
     qt_rmtree(dir);
     return qt_summary("test_commit");
 }
