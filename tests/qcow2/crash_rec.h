@@ -24,6 +24,7 @@ enum crash_op_kind { CRASH_WRITE, CRASH_FALLOC, CRASH_TRUNC, CRASH_SYNC };
 
 struct crash_op {
     enum crash_op_kind kind;
+    int file;          /* which recorded file (crash_rec_start_paths) */
     int mode;
     uint64_t off, len;
     uint8_t *data;
@@ -32,6 +33,30 @@ struct crash_op {
 static struct crash_op *crash_ops;
 static size_t crash_nops, crash_cap;
 static int crash_fd = -1; /* the file recorded; -1: none */
+/* Or the files recorded by path (whatever fd opens them: a node reopened
+ * in place gets a new one). */
+#define CRASH_MAX_FILES 4
+static char crash_paths[CRASH_MAX_FILES][4096];
+static int crash_npaths;
+
+/* The recorded file fd writes to: its index, or -1. */
+static int crash_file_of(int fd)
+{
+    if (crash_fd >= 0)
+        return fd == crash_fd ? 0 : -1;
+    if (crash_npaths == 0)
+        return -1;
+    char link[64], path[4096];
+    snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
+    ssize_t n = readlink(link, path, sizeof(path) - 1);
+    if (n <= 0)
+        return -1;
+    path[n] = 0;
+    for (int i = 0; i < crash_npaths; i++)
+        if (strcmp(path, crash_paths[i]) == 0)
+            return i;
+    return -1;
+}
 
 static void crash_push(struct crash_op o)
 {
@@ -54,11 +79,12 @@ static ssize_t crash_pwritev(int fd, const struct iovec *iov, int cnt,
                              off_t off)
 {
     ssize_t n = pwritev(fd, iov, cnt, off);
-    if (n > 0 && fd == crash_fd) {
+    int file = n > 0 ? crash_file_of(fd) : -1;
+    if (file >= 0) {
         uint8_t *d = malloc((size_t)n);
         assert(d);
         iov_to_buf(iov, cnt, 0, d, (size_t)n);
-        crash_push((struct crash_op){ .kind = CRASH_WRITE,
+        crash_push((struct crash_op){ .kind = CRASH_WRITE, .file = file,
                                       .off = (uint64_t)off,
                                       .len = (uint64_t)n, .data = d });
     }
@@ -68,8 +94,10 @@ static ssize_t crash_pwritev(int fd, const struct iovec *iov, int cnt,
 static int crash_fallocate(int fd, int mode, off_t off, off_t len)
 {
     int r = fallocate(fd, mode, off, len);
-    if (r == 0 && fd == crash_fd)
+    int file = r == 0 ? crash_file_of(fd) : -1;
+    if (file >= 0)
         crash_push((struct crash_op){ .kind = CRASH_FALLOC, .mode = mode,
+                                      .file = file,
                                       .off = (uint64_t)off,
                                       .len = (uint64_t)len });
     return r;
@@ -78,16 +106,18 @@ static int crash_fallocate(int fd, int mode, off_t off, off_t len)
 static int crash_ftruncate(int fd, off_t len)
 {
     int r = ftruncate(fd, len);
-    if (r == 0 && fd == crash_fd)
-        crash_push((struct crash_op){ .kind = CRASH_TRUNC,
+    int file = r == 0 ? crash_file_of(fd) : -1;
+    if (file >= 0)
+        crash_push((struct crash_op){ .kind = CRASH_TRUNC, .file = file,
                                       .len = (uint64_t)len });
     return r;
 }
 
 static int crash_fdatasync(int fd)
 {
-    if (fd == crash_fd)
-        crash_push((struct crash_op){ .kind = CRASH_SYNC });
+    int file = crash_file_of(fd);
+    if (file >= 0)
+        crash_push((struct crash_op){ .kind = CRASH_SYNC, .file = file });
     return fdatasync(fd);
 }
 
@@ -102,9 +132,21 @@ QT_FN void crash_rec_start(int fd)
     crash_fd = fd;
 }
 
+/* Record the operations on the files at paths (realpaths, n <=
+ * CRASH_MAX_FILES), through any fd; op.file is the index in paths. */
+QT_FN void crash_rec_start_paths(const char *const *paths, int n)
+{
+    crash_rec_start(-1);
+    assert(n <= CRASH_MAX_FILES);
+    for (int i = 0; i < n; i++)
+        snprintf(crash_paths[i], sizeof(crash_paths[i]), "%s", paths[i]);
+    crash_npaths = n;
+}
+
 QT_FN void crash_rec_stop(void)
 {
     crash_fd = -1;
+    crash_npaths = 0;
 }
 
 /* A file in memory. */
@@ -183,6 +225,53 @@ QT_FN void crash_replay(const struct crash_file *base, struct qt_rng *rng,
     }
     free(durable.b);
     free(work.b);
+}
+
+/* The same over nfiles files recorded by crash_rec_start_paths: a crash
+ * after each operation gives each file what was durable at its own last
+ * fdatasync plus {all, none, a random subset} of its operations since;
+ * judge gets the nfiles images. */
+QT_FN void crash_replay_files(const struct crash_file *base, int nfiles,
+                              struct qt_rng *rng,
+                              void (*judge)(const struct crash_file *files,
+                                            const char *what, void *ctx),
+                              void *ctx)
+{
+    struct crash_file durable[CRASH_MAX_FILES] = { 0 };
+    struct crash_file work[CRASH_MAX_FILES] = { 0 };
+    size_t since[CRASH_MAX_FILES] = { 0 };
+    for (int f = 0; f < nfiles; f++) {
+        crash_file_resize(&durable[f], base[f].size);
+        memcpy(durable[f].b, base[f].b, base[f].size);
+    }
+    for (size_t k = 0; k <= crash_nops; k++) {
+        for (int mode = 0; mode < 3; mode++) {
+            for (int f = 0; f < nfiles; f++) {
+                crash_file_resize(&work[f], durable[f].size);
+                memcpy(work[f].b, durable[f].b, durable[f].size);
+                for (size_t i = since[f]; i < k; i++)
+                    if (crash_ops[i].file == f &&
+                        (mode == 0 || (mode == 2 && qt_below(rng, 2))))
+                        crash_apply(&work[f], &crash_ops[i]);
+            }
+            char what[128];
+            snprintf(what, sizeof(what), "crash after op %zu/%zu (%s)", k,
+                     crash_nops, mode == 0 ? "all pending"
+                                 : mode == 1 ? "none" : "subset");
+            judge(work, what, ctx);
+        }
+        if (k < crash_nops && crash_ops[k].kind == CRASH_SYNC) {
+            int f = crash_ops[k].file;
+            for (size_t i = since[f]; i <= k; i++)
+                if (crash_ops[i].file == f)
+                    crash_apply(&durable[f], &crash_ops[i]);
+            since[f] = k + 1;
+        }
+    }
+    for (int f = 0; f < nfiles; f++) {
+        free(durable[f].b);
+        free(work[f].b);
+    }
 }
 
 #endif

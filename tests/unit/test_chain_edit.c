@@ -5,7 +5,7 @@
  *  - a stream into top (mid's data copied into top) then
  *    image_set_backing(top, base): the graph drops mid, the image names
  *    base (relative "base", "sub/base" under top's directory, absolute
- *    elsewhere), qemu-img info --backing-chain shows top -> base,
+ *    elsewhere; top a version 2 or 3 image), qemu-img info --backing-chain shows top -> base,
  *    qemu-img check is clean, the content is unchanged;
  *  - crash safety: every host write of that stream and set_backing to
  *    top's file is recorded, and every crash (tests/qcow2/crash_rec.h)
@@ -33,7 +33,8 @@
 
 static char dir[4096];
 
-/* dir/name/ holding top.qcow2 and mid.qcow2, base at base_rel (from
+/* dir/name/ holding top.qcow2 (version 2 if name has "-v2", else 3)
+ * and mid.qcow2, base at base_rel (from
  * there: "base", "sub/base" or "../lower-NAME/base") in format base_fmt;
  * data in every layer, zero clusters over lower data, holes.  The
  * expected content goes to dir/name/ref.raw. */
@@ -46,12 +47,14 @@ static void make_chain(const char *name, const char *base_rel,
             "qemu-img create -q -f qcow2 -b %s -F %s mid.qcow2 && "
             "qemu-io -f qcow2 -c 'write -P 0x22 1M 512k' "
             "-c 'write -z 0 256k' -c 'write -P 0x23 3M 64k' mid.qcow2 && "
-            "qemu-img create -q -f qcow2 -b mid.qcow2 -F qcow2 top.qcow2 && "
+            "qemu-img create -q -f qcow2 -o compat=%s -b mid.qcow2 -F qcow2 "
+            "top.qcow2 && "
             "qemu-io -f qcow2 -c 'write -P 0x33 2M 256k' "
             "-c 'write -z 1M 128k' top.qcow2 && "
             "qemu-img convert -O raw top.qcow2 ref.raw",
             dir, name, name, base_rel, base_fmt, base_rel, base_fmt,
-            base_rel, base_rel, base_fmt);
+            base_rel, base_rel, base_fmt,
+            strstr(name, "-v2") ? "0.10" : "1.1");
 }
 
 static struct image *open_top(const char *name, bool ro)
@@ -249,6 +252,15 @@ static void commit_mid(const char *name, const char *base_rel,
     free(expect);
     QT_CHECK(image_close(top) == 0);
     qemu_view(name, "top.qcow2", want);
+    /* The backing-format extension names base's format. */
+    char out[256];
+    QT_CHECK(qt_run_out(out, sizeof(out), "qemu-img info --output=json "
+                        "'%s/%s/top.qcow2' | jq -r "
+                        "'.\"backing-filename-format\"'", dir, name) == 0);
+    out[strcspn(out, "\n")] = 0;
+    if (strcmp(out, base_fmt) != 0)
+        QT_FAIL("%s: backing format '%s', expected '%s'", name, out,
+                base_fmt);
 }
 
 /* close_above: the node kept stays open, detached, readable. */
@@ -294,6 +306,7 @@ int main(void)
     commit_mid("commit-qcow2", "base", "qcow2", "base");
     commit_mid("commit-raw", "base", "raw", "base");
     commit_mid("commit-sub", "sub/base", "qcow2", "sub/base");
+    commit_mid("commit-v2", "base", "qcow2", "base");
     char lower[4200], abs_base[4300];
     snprintf(lower, sizeof(lower), "../lower/base");
     snprintf(abs_base, sizeof(abs_base), "%s/lower/base", dir);

@@ -25,6 +25,7 @@
 #include "block/host.h"
 #include "block/job.h"
 #include "job_harness.h"
+#include "tests/qcow2/crash_rec.h"
 #include "tests/qcow2/qtest.h"
 
 #define MiB (1024ull * 1024)
@@ -61,7 +62,7 @@ static ssize_t fault_pwritev(int fd, const struct iovec *iov, int cnt,
         errno = atomic_load(&fault_errno);
         return -1;
     }
-    return pwritev(fd, iov, cnt, off);
+    return crash_pwritev(fd, iov, cnt, off);
 }
 
 static int fault_fallocate(int fd, int mode, off_t off, off_t len)
@@ -70,7 +71,14 @@ static int fault_fallocate(int fd, int mode, off_t off, off_t len)
         errno = atomic_load(&fault_errno);
         return -1;
     }
-    return fallocate(fd, mode, off, len);
+    return crash_fallocate(fd, mode, off, len);
+}
+
+/* The faults over the crash recorder's hooks. */
+static void install_hooks(void)
+{
+    host_sys.pwritev = fault_pwritev;
+    host_sys.fallocate = fault_fallocate;
 }
 
 /* ---- chains ---- */
@@ -78,20 +86,27 @@ static int fault_fallocate(int fd, int mode, off_t off, off_t len)
 /* dir/name/: base (base_fmt) <- l1.qcow2 <- ... <- l<depth-1>.qcow2, 8
  * MiB, data in every layer (some over lower data), zero clusters, holes;
  * the last is the LUN's top. */
-static void make_chain(const char *name, const char *base_fmt, int depth)
+static void make_chain_sized(const char *name, const char *base_fmt,
+                             int depth, const char *base_size)
 {
     qt_must("cd '%s' && mkdir %s && cd %s && qemu-img create -q -f %s base "
-            "8M && qemu-io -f %s -c 'write -P 0x10 0 3M' base",
-            dir, name, name, base_fmt, base_fmt);
+            "%s && qemu-io -f %s -c 'write -P 0x10 0 3M' base",
+            dir, name, name, base_fmt, base_size, base_fmt);
     for (int i = 1; i < depth; i++) {
         char below[32];
         snprintf(below, sizeof(below), i == 1 ? "base" : "l%d.qcow2", i - 1);
         qt_must("cd '%s/%s' && qemu-img create -q -f qcow2 -b %s -F %s "
-                "l%d.qcow2 && qemu-io -f qcow2 -c 'write -P 0x%x %dM 1536k' "
-                "-c 'write -z %dk 256k' l%d.qcow2",
+                "l%d.qcow2 8M && qemu-io -f qcow2 -c 'write -P 0x%x %dM "
+                "1536k' -c 'write -z %dk 256k' -c 'write -P 0x%x 6M 64k' "
+                "l%d.qcow2",
                 dir, name, below, i == 1 ? base_fmt : "qcow2", i,
-                0x20 + i, i, 512 * i, i);
+                0x20 + i, i, 512 * i, 0x40 + i, i);
     }
+}
+
+static void make_chain(const char *name, const char *base_fmt, int depth)
+{
+    make_chain_sized(name, base_fmt, depth, "8M");
 }
 
 static void path_of(char *out, size_t len, const char *name, const char *f)
@@ -161,9 +176,10 @@ static int start_commit(struct job_harness *h, const char *id,
 
 /* Commit `top` (below the LUN's top) into base with writers running. */
 static void commit_ok(const char *name, const char *base_fmt, int depth,
-                      const char *top, const char *base, const char *want)
+                      const char *top, const char *base, const char *want,
+                      const char *base_size)
 {
-    make_chain(name, base_fmt, depth);
+    make_chain_sized(name, base_fmt, depth, base_size);
     char lun_top[4300], ltop[32];
     snprintf(ltop, sizeof(ltop), "l%d.qcow2", depth - 1);
     path_of(lun_top, sizeof(lun_top), name, ltop);
@@ -198,15 +214,12 @@ static void commit_ok(const char *name, const char *base_fmt, int depth,
     int len = 1;
     for (const char *c = want; *c; c++)
         len += *c == ' ';
+    /* Every image of the chain is checked but a raw base. */
     char qcow2s[256];
-    snprintf(qcow2s, sizeof(qcow2s), "%s%s", want,
-             strcmp(base_fmt, "raw") == 0 ? "" : "");
-    /* raw bases are not qemu-img-checked. */
-    if (strcmp(base_fmt, "raw") == 0) {
-        char *b = strstr(qcow2s, " base");
-        if (b)
-            *b = 0;
-    }
+    snprintf(qcow2s, sizeof(qcow2s), "%s", want);
+    char *raw_base = strstr(qcow2s, " base");
+    if (raw_base && strcmp(base_fmt, "raw") == 0)
+        *raw_base = 0;
     qemu_checks(name, ltop, len, qcow2s);
 }
 
@@ -345,6 +358,92 @@ static void refusals(void)
     QT_CHECK(jh_close(&h) == 0);
 }
 
+/* Every crash image of a commit (the LUN's top l2 and base recorded). */
+struct crash_ctx {
+    const char *name;
+    unsigned old_name, new_name, images;
+};
+
+static void judge(const struct crash_file *files, const char *what,
+                  void *opaque)
+{
+    struct crash_ctx *c = opaque;
+    char p[4300], out[4096];
+    path_of(p, sizeof(p), c->name, "crash/l2.qcow2");
+    bool ok = qt_write_file(p, files[0].b, files[0].size);
+    path_of(p, sizeof(p), c->name, "crash/base");
+    if (!ok || !qt_write_file(p, files[1].b, files[1].size)) {
+        QT_FAIL("%s: cannot write the crash images", what);
+        return;
+    }
+    c->images++;
+    int st = qt_run_out(out, sizeof(out), "cd '%s/%s/crash' && "
+                        "qemu-img check -q l2.qcow2 && qemu-img check -q "
+                        "base", dir, c->name);
+    if (st != 0 && st != 3)
+        QT_FAIL("%s: qemu-img check -> %d\n%s", what, st, out);
+    qt_run_out(out, sizeof(out), "qemu-img info --output=json "
+               "'%s/%s/crash/l2.qcow2' | jq -r '.\"backing-filename\"'",
+               dir, c->name);
+    out[strcspn(out, "\n")] = 0;
+    if (strcmp(out, "l1.qcow2") == 0)
+        c->old_name++;
+    else if (strcmp(out, "base") == 0)
+        c->new_name++;
+    else
+        QT_FAIL("%s: l2 names backing '%s'", what, out);
+    if (qt_run_out(out, sizeof(out), "cd '%s/%s' && qemu-img compare -F raw "
+                   "crash/l2.qcow2 model.raw", dir, c->name) != 0)
+        QT_FAIL("%s: content differs: %s", what, out);
+}
+
+/* Crash ordering of a commit: base's data is durable before the LUN's
+ * top names base.  Every host write to l2 and base is recorded; every
+ * crash must check clean, name l1 or base, and read the same. */
+static void commit_crash(void)
+{
+    const char *name = "crash";
+    make_chain(name, "qcow2", 3);
+    char l2[4300], base[4300], real[2][4096];
+    path_of(l2, sizeof(l2), name, "l2.qcow2");
+    path_of(base, sizeof(base), name, "base");
+    qt_must("cd '%s/%s' && mkdir crash && cp l1.qcow2 crash/", dir, name);
+    struct job_harness h;
+    if (!realpath(l2, real[0]) || !realpath(base, real[1]) ||
+        jh_open(&h, name, l2, "qcow2", dir) < 0)
+        return;
+    char mp[4300];
+    path_of(mp, sizeof(mp), name, "model.raw");
+    QT_CHECK(jh_save_model(&h, mp));
+    struct crash_file before[2] = { 0 };
+    size_t len;
+    before[0].b = qt_read_file(l2, &len);
+    before[0].size = len;
+    before[1].b = qt_read_file(base, &len);
+    before[1].size = len;
+    const char *paths[2] = { real[0], real[1] };
+    crash_rec_start_paths(paths, 2);
+    char err[512];
+    QT_CHECK(start_commit(&h, name, name, "l1.qcow2", NULL, 0, err,
+                          sizeof(err)) == 0);
+    struct job_info info;
+    QT_CHECK(jh_wait(&h, name, &info, 60) &&
+             info.result == JOB_RESULT_COMPLETED);
+    QT_CHECK(jh_close(&h) == 0);
+    crash_rec_stop();
+    QT_CHECK(job_dismiss(name, err, sizeof(err)) == 0);
+    struct crash_ctx c = { .name = name };
+    struct qt_rng rng;
+    qt_rng_seed(&rng, qt_seed());
+    crash_replay_files(before, 2, &rng, judge, &c);
+    printf("commit crash: %zu host ops, %u crash images: %u name l1, %u "
+           "name base\n", crash_nops, c.images, c.old_name, c.new_name);
+    QT_CHECK(c.old_name > 0 && c.new_name > 0);
+    crash_rec_clear();
+    free(before[0].b);
+    free(before[1].b);
+}
+
 int main(void)
 {
     qt_require_qemu();
@@ -352,20 +451,26 @@ int main(void)
         printf("SKIP: jq not installed\n");
         return SKIP_CODE;
     }
-    host_sys.pwritev = fault_pwritev;
-    host_sys.fallocate = fault_fallocate;
+    install_hooks();
     qt_mkdtemp(dir, sizeof(dir), "qlun-test-commit");
     refusals();
-    commit_ok("mid-qcow2", "qcow2", 3, "l1.qcow2", NULL, "l2.qcow2 base");
-    commit_ok("mid-raw", "raw", 3, "l1.qcow2", "base", "l2.qcow2 base");
+    commit_ok("mid-qcow2", "qcow2", 3, "l1.qcow2", NULL, "l2.qcow2 base",
+              "8M");
+    commit_ok("mid-raw", "raw", 3, "l1.qcow2", "base", "l2.qcow2 base", "8M");
     /* l1's parent l2 is an intermediate (read-only) node. */
     commit_ok("deep", "qcow2", 4, "l1.qcow2", NULL,
-              "l3.qcow2 l2.qcow2 base");
-    commit_ok("deep-two", "qcow2", 4, "l2.qcow2", "base", "l3.qcow2 base");
+              "l3.qcow2 l2.qcow2 base", "8M");
+    commit_ok("deep-two", "qcow2", 4, "l2.qcow2", "base", "l3.qcow2 base",
+              "8M");
+    /* A base smaller than top grows (l1 has data at 6 MiB). */
+    commit_ok("grow-qcow2", "qcow2", 3, "l1.qcow2", NULL, "l2.qcow2 base",
+              "4M");
+    commit_ok("grow-raw", "raw", 3, "l1.qcow2", NULL, "l2.qcow2 base", "4M");
     for (int i = 0; i < 4; i++)
         cancel_at_random(i);
     base_fails(ENOSPC);
     base_fails(EIO);
+    commit_crash();
     qt_rmtree(dir);
     return qt_summary("test_commit");
 }
