@@ -66,6 +66,11 @@ static int opt_readonly(struct qlun_config *cfg, const char *v)
     return parse_bool(v, &cfg->read_only);
 }
 
+static int opt_copy_on_read(struct qlun_config *cfg, const char *v)
+{
+    return parse_bool(v, &cfg->copy_on_read);
+}
+
 static int opt_serial(struct qlun_config *cfg, const char *v)
 {
     size_t n = strlen(v);
@@ -187,6 +192,7 @@ static const struct {
     { "stats", opt_stats, NULL },
     { "l2_cache_size", opt_l2_cache_size, CACHE_SIZE_EXPECTED },
     { "refcount_cache_size", opt_refcount_cache_size, CACHE_SIZE_EXPECTED },
+    { "copy_on_read", opt_copy_on_read, NULL },
     { "tcmur_cmd_time_out", opt_runner_owned, NULL },
 };
 
@@ -222,7 +228,7 @@ static int apply_option(struct qlun_config *cfg, char *opt, unsigned *seen,
     }
     snprintf(err, errlen, "unknown option '%s' (known: format, readonly, "
              "cache, serial, backing_root, soft_threshold, stats, "
-             "l2_cache_size, refcount_cache_size)", opt);
+             "l2_cache_size, refcount_cache_size, copy_on_read)", opt);
     return -EINVAL;
 }
 
@@ -318,5 +324,32 @@ int qlun_config_with_top(const char *cfgstring, const char *top_path,
     if (ret == 0)
         ret = append(out, outlen, &len, ";backing_root=", backing_root,
                      strlen(backing_root));
+    return ret;
+}
+
+int qlun_config_with_option(const char *cfgstring, const char *key,
+                            const char *value, char *out, size_t outlen)
+{
+    if (strchr(value, ';'))
+        return -EINVAL;
+    outlen = MIN(outlen, (size_t)QLUN_CFGSTRING_MAX + 1);
+    const char *first = strchr(cfgstring, ';');
+    size_t len = 0;
+    int ret = append(out, outlen, &len, "", cfgstring,
+                     first ? (size_t)(first - cfgstring) : strlen(cfgstring));
+    /* Every other option as it was; key once, at the end (a repeated key
+     * would make the parser refuse the string). */
+    for (const char *opt = first; ret == 0 && opt;) {
+        opt++;
+        const char *end = strchrnul(opt, ';');
+        size_t n = (size_t)(end - opt);
+        if (n && !option_is(opt, n, key))
+            ret = append(out, outlen, &len, ";", opt, n);
+        opt = *end ? end : NULL;
+    }
+    if (ret == 0)
+        ret = append(out, outlen, &len, ";", key, strlen(key));
+    if (ret == 0)
+        ret = append(out, outlen, &len, "=", value, strlen(value));
     return ret;
 }

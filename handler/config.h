@@ -44,6 +44,9 @@ struct qlun_config {
      * bytes, 1 .. QLUN_CACHE_SIZE_MAX; 0 = sized from the image. */
     uint64_t l2_cache_size;
     uint64_t refcount_cache_size;
+    /* copy_on_read=: reads copy what they find below the top into it
+     * (block/copy_on_read.h). */
+    bool copy_on_read;
 };
 
 #define QLUN_CACHE_SIZE_MAX (1ull << 30)
@@ -63,5 +66,11 @@ int qlun_config_parse(const char *cfgstring, struct qlun_config *cfg,
 int qlun_config_with_top(const char *cfgstring, const char *top_path,
                          const char *serial, const char *backing_root,
                          char *out, size_t outlen);
+
+/* cfgstring with option key set to value: key dropped wherever it was,
+ * then appended once with value.  Same errors as qlun_config_with_top
+ * (-ENAMETOOLONG, -EINVAL for a ';' in value). */
+int qlun_config_with_option(const char *cfgstring, const char *key,
+                            const char *value, char *out, size_t outlen);
 
 #endif

@@ -45,6 +45,8 @@ static const struct ctl_command commands[] = {
       { { "lun", ARG_STRING, true }, { "name", ARG_STRING, true } } },
     { "snapshot-internal-list", ctl_snapshot_internal_list,
       { { "lun", ARG_STRING, true } } },
+    { "lun-set-copy-on-read", ctl_lun_set_copy_on_read,
+      { { "lun", ARG_STRING, true }, { "enable", ARG_BOOL, true } } },
 };
 
 void ctl_set_error(struct ctl_error *e, const char *class, const char *fmt,

@@ -105,6 +105,16 @@ struct image *qlun_dev_switch_top(struct qlun_dev *d, struct image *top);
 /* The top's size changed (image_resize): the filters take it. */
 void qlun_dev_top_resized(struct qlun_dev *d);
 
+/* Copy-on-read (block/copy_on_read.h) on or off while the LUN serves
+ * (handler/lun_copy_on_read.c): the filter goes in or out of its slot
+ * under the drain, then the cfgstring, with copy_on_read=on/off, is
+ * persisted.  Refused (-EROFS) on a read-only LUN. */
+int qlun_dev_set_copy_on_read(struct qlun_dev *d, bool enable, char *err,
+                              size_t errlen);
+/* At open, before the SCSI LUN exists: the filter in if the cfgstring
+ * says copy_on_read=on (-EINVAL with readonly=on). */
+int qlun_dev_open_copy_on_read(struct qlun_dev *d, char *err, size_t errlen);
+
 /* Close and free; returns the image's close status (a clean close flushes
  * and, for qcow2, clears the dirty state).  NULL is a no-op. */
 int qlun_dev_close(struct qlun_dev *d);

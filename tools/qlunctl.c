@@ -31,6 +31,7 @@ static const char usage_text[] =
     "                                         external snapshot: new qcow2 overlay on top\n"
     "  snapshot-internal LUN create|delete NAME\n"
     "  snapshot-internal LUN list             qcow2 internal snapshots\n"
+    "  copy-on-read LUN on|off                reads copy lower layers' data into the top\n"
     "  events                                 print events until interrupted\n"
     "\n"
     "A LUN is named by its serial or its backstore name.\n"
@@ -468,6 +469,19 @@ static JsonNode *run_snapshot_internal(struct session *s, int argc,
                           : "snapshot-internal-delete", end_args(b));
 }
 
+static JsonNode *run_copy_on_read(struct session *s, int argc, char **argv)
+{
+    need_args(argv, argc, 2, 2, "copy-on-read LUN on|off");
+    allow_options("copy-on-read", false, false);
+    bool on = strcmp(argv[2], "on") == 0;
+    if (!on && strcmp(argv[2], "off") != 0)
+        usage_error("usage: qlunctl copy-on-read LUN on|off");
+    JsonBuilder *b = lun_args(argv[1]);
+    json_builder_set_member_name(b, "enable");
+    json_builder_add_boolean_value(b, on);
+    return execute(s, "lun-set-copy-on-read", end_args(b));
+}
+
 static JsonNode *run_query(struct session *s, const char *cmd,
                            const char *lun)
 {
@@ -524,7 +538,8 @@ int main(int argc, char **argv)
         need_args(argv, argc, 1, 1, strcmp(cmd, "info") == 0 ? "info LUN"
                                                               : "stats LUN");
     } else if (strcmp(cmd, "resize") && strcmp(cmd, "snapshot") &&
-               strcmp(cmd, "snapshot-internal")) {
+               strcmp(cmd, "snapshot-internal") &&
+               strcmp(cmd, "copy-on-read")) {
         usage_error("unknown command '%s'", cmd);
     }
     if (strcmp(cmd, "list") == 0 || lun_cmd || strcmp(cmd, "events") == 0)
@@ -543,6 +558,8 @@ int main(int argc, char **argv)
         ret = run_resize(&s, argc, argv);
     else if (strcmp(cmd, "snapshot") == 0)
         ret = run_snapshot(&s, argc, argv);
+    else if (strcmp(cmd, "copy-on-read") == 0)
+        ret = run_copy_on_read(&s, argc, argv);
     else
         ret = run_snapshot_internal(&s, argc, argv, &snap_list);
 
