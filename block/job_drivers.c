@@ -13,7 +13,8 @@ static const struct {
     const struct job_driver *drv;
     const struct job_driver *active; /* for the LUN's top, if different */
 } table[] = {
-    { NULL, NULL, NULL }, /* the drivers land here: stream, commit, mirror */
+    { "stream", &stream_job_driver, NULL },
+    { NULL, NULL, NULL }, /* the drivers land here: commit, mirror */
 };
 
 /* Whether p names the LUN's top (or no top: commit's default). */
