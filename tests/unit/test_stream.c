@@ -237,7 +237,7 @@ static struct job_info stream_case(const char *name, bool raw_base,
                             .top = top ? topp : NULL,
                             .base = base ? basep : NULL,
                             /* slow enough to be caught mid-way */
-                            .speed = act == RUN ? 0 : 4u << 20 };
+                            .speed = act == RUN ? 0 : 2u << 20 };
     atomic_store(&stop_writers, 0);
     pthread_t th[WRITERS];
     int nw = act == FAIL_ENOSPC ? 0 : WRITERS;
