@@ -5,8 +5,9 @@
  *  - into the LUN's top without a base (the chain ends at top) and with
  *    one (top's backing file becomes base); into an intermediate layer;
  *  - pause/resume and cancel at random points (cancel: chain unchanged);
- *  - ENOSPC on every host write mid-way: the job fails with the error,
- *    the chain is unchanged and checks clean.
+ *  - ENOSPC (streaming into the top) or EIO (into an intermediate) on
+ *    every host write mid-way: the job fails with the error, the chain
+ *    is unchanged and checks clean.
  * After each: content = the model (what the chain read before, with the
  * acknowledged writes on top), qemu-img info --backing-chain shows the
  * expected chain, qemu-img check clean on every image.
@@ -190,15 +191,16 @@ static struct job_info wait_concluded(const char *id)
     return r;
 }
 
-enum action { RUN, CANCEL, PAUSE_RESUME, FAIL_ENOSPC };
+enum action { RUN, CANCEL, PAUSE_RESUME, FAIL_ENOSPC, FAIL_EIO };
 
 static _Atomic int fail_writes;
 static ssize_t (*real_pwritev)(int, const struct iovec *, int, off_t);
 static ssize_t failing_pwritev(int fd, const struct iovec *iov, int cnt,
                                off_t off)
 {
-    if (atomic_load(&fail_writes)) {
-        errno = ENOSPC;
+    int e = atomic_load(&fail_writes);
+    if (e) {
+        errno = e;
         return -1;
     }
     return real_pwritev(fd, iov, cnt, off);
@@ -240,7 +242,8 @@ static struct job_info stream_case(const char *name, bool raw_base,
                             .speed = act == RUN ? 0 : 2u << 20 };
     atomic_store(&stop_writers, 0);
     pthread_t th[WRITERS];
-    int nw = act == FAIL_ENOSPC ? 0 : WRITERS;
+    bool fails = act == FAIL_ENOSPC || act == FAIL_EIO;
+    int nw = fails ? 0 : WRITERS;
     for (uintptr_t i = 0; i < (uintptr_t)nw; i++)
         pthread_create(&th[i], NULL, writer, (void *)i);
     int ret = job_start(&p, &owner, err, sizeof(err));
@@ -265,8 +268,8 @@ static struct job_info stream_case(const char *name, bool raw_base,
         free(list);
         QT_CHECK(job_resume(id, err, sizeof(err)) == 0);
     }
-    if (ret == 0 && act == FAIL_ENOSPC)
-        atomic_store(&fail_writes, 1);
+    if (ret == 0 && fails)
+        atomic_store(&fail_writes, act == FAIL_EIO ? EIO : ENOSPC);
     if (ret == 0)
         info = wait_concluded(id);
     atomic_store(&fail_writes, 0);
@@ -321,6 +324,10 @@ int main(void)
                     "top.qcow2 mid.qcow2 base.img");
     QT_CHECK(r.result == JOB_RESULT_FAILED);
     QT_CHECK(strstr(r.error, "No space left") != NULL);
+    r = stream_case("EIO", false, "mid.qcow2", NULL, FAIL_EIO,
+                    "top.qcow2 mid.qcow2 base.img");
+    QT_CHECK(r.result == JOB_RESULT_FAILED);
+    QT_CHECK(strstr(r.error, "Input/output error") != NULL);
     printf("test_stream: %s\n", qt_failed ? "FAILED" : "ok");
     return qt_failed ? 1 : 0;
 }
