@@ -13,7 +13,7 @@ static const struct {
     const struct job_driver *drv;
     const struct job_driver *active; /* for the LUN's top, if different */
 } table[] = {
-    { NULL, NULL, NULL }, /* the drivers land here: stream, commit, mirror */
+    { "stream", &stream_job_driver, NULL },
     { "commit", &commit_job_driver, &active_commit_job_driver },
     { "mirror", &mirror_job_driver, NULL },
 };

@@ -66,6 +66,11 @@ static int opt_readonly(struct qlun_config *cfg, const char *v)
     return parse_bool(v, &cfg->read_only);
 }
 
+static int opt_copy_on_read(struct qlun_config *cfg, const char *v)
+{
+    return parse_bool(v, &cfg->copy_on_read);
+}
+
 static int opt_serial(struct qlun_config *cfg, const char *v)
 {
     size_t n = strlen(v);
@@ -254,6 +259,7 @@ static const struct {
     { "stats", opt_stats, NULL },
     { "l2_cache_size", opt_l2_cache_size, CACHE_SIZE_EXPECTED },
     { "refcount_cache_size", opt_refcount_cache_size, CACHE_SIZE_EXPECTED },
+    { "copy_on_read", opt_copy_on_read, NULL },
     { "tcmur_cmd_time_out", opt_runner_owned, NULL },
     { "iops", opt_iops, IOPS_EXPECTED },
     { "iops_rd", opt_iops_rd, IOPS_EXPECTED },
@@ -308,12 +314,13 @@ static int apply_option(struct qlun_config *cfg, char *opt, unsigned *seen,
         }
         return 0;
     }
-    snprintf(err, errlen, "unknown option '%s' (known: format, readonly, "
-             "cache, serial, backing_root, soft_threshold, stats, "
-             "l2_cache_size, refcount_cache_size, iops, iops_rd, iops_wr, "
-             "bps, bps_rd, bps_wr, iops_max, iops_rd_max, iops_wr_max, "
-             "bps_max, bps_rd_max, bps_wr_max, burst_secs, throttle_group)",
-             opt);
+    char known[512];
+    size_t k = 0;
+    known[0] = 0;
+    for (size_t i = 0; i < ARRAY_SIZE(options); i++)
+        k += (size_t)snprintf(known + k, sizeof(known) - k, "%s%s",
+                              k ? ", " : "", options[i].name);
+    snprintf(err, errlen, "unknown option '%s' (known: %s)", opt, known);
     return -EINVAL;
 }
 
@@ -387,6 +394,43 @@ static bool option_is(const char *opt, size_t len, const char *key)
     return len > k && strncmp(opt, key, k) == 0 && opt[k] == '=';
 }
 
+/* Append cfgstring's options (";key=value" each, in order) to out, all
+ * but those drop(option, its length, ctx) says; the one loop behind every
+ * rewrite of a cfgstring below. */
+static int append_options_except(char *out, size_t outlen, size_t *len,
+                                 const char *cfgstring,
+                                 bool (*drop)(const char *, size_t,
+                                              const void *),
+                                 const void *ctx)
+{
+    int ret = 0;
+    for (const char *opt = strchr(cfgstring, ';'); ret == 0 && opt;) {
+        opt++;
+        const char *end = strchrnul(opt, ';');
+        size_t n = (size_t)(end - opt);
+        if (n && !drop(opt, n, ctx))
+            ret = append(out, outlen, len, ";", opt, n);
+        opt = *end ? end : NULL;
+    }
+    return ret;
+}
+
+/* The path part of cfgstring ("qlun/<path>"), as it is. */
+static int append_head(char *out, size_t outlen, size_t *len,
+                       const char *cfgstring)
+{
+    const char *first = strchr(cfgstring, ';');
+    return append(out, outlen, len, "", cfgstring,
+                  first ? (size_t)(first - cfgstring) : strlen(cfgstring));
+}
+
+static bool names_the_top(const char *opt, size_t n, const void *ctx)
+{
+    (void)ctx;
+    return option_is(opt, n, "format") || option_is(opt, n, "serial") ||
+           option_is(opt, n, "backing_root");
+}
+
 int qlun_config_with_top(const char *cfgstring, const char *top_path,
                          const char *serial, const char *backing_root,
                          char *out, size_t outlen)
@@ -398,17 +442,9 @@ int qlun_config_with_top(const char *cfgstring, const char *top_path,
     size_t len = 0;
     int ret = append(out, outlen, &len, QLUN_SUBTYPE "/", top_path,
                      strlen(top_path));
-    const char *opt = strchr(cfgstring, ';');
-    while (ret == 0 && opt) {
-        opt++;
-        const char *end = strchrnul(opt, ';');
-        size_t n = (size_t)(end - opt);
-        if (n && !option_is(opt, n, "format") &&
-            !option_is(opt, n, "serial") &&
-            !option_is(opt, n, "backing_root"))
-            ret = append(out, outlen, &len, ";", opt, n);
-        opt = *end ? end : NULL;
-    }
+    if (ret == 0)
+        ret = append_options_except(out, outlen, &len, cfgstring,
+                                    names_the_top, NULL);
     if (ret == 0)
         ret = append(out, outlen, &len, ";serial=", serial, strlen(serial));
     if (ret == 0)
@@ -417,8 +453,9 @@ int qlun_config_with_top(const char *cfgstring, const char *top_path,
     return ret;
 }
 
-static bool is_throttle_option(const char *opt, size_t len)
+static bool is_throttle_option(const char *opt, size_t len, const void *ctx)
 {
+    (void)ctx;
     for (size_t i = 0; i < ARRAY_SIZE(throttle_options); i++)
         if (option_is(opt, len, throttle_options[i]))
             return true;
@@ -460,22 +497,39 @@ int qlun_config_with_throttle(const char *cfgstring,
                               const char *group, char *out, size_t outlen)
 {
     outlen = MIN(outlen, (size_t)QLUN_CFGSTRING_MAX + 1);
-    const char *opt = strchr(cfgstring, ';');
     size_t len = 0;
-    int ret = append(out, outlen, &len, "", cfgstring,
-                     opt ? (size_t)(opt - cfgstring) : strlen(cfgstring));
-    while (ret == 0 && opt) {
-        opt++;
-        const char *end = strchrnul(opt, ';');
-        size_t n = (size_t)(end - opt);
-        if (n && !is_throttle_option(opt, n))
-            ret = append(out, outlen, &len, ";", opt, n);
-        opt = *end ? end : NULL;
-    }
+    int ret = append_head(out, outlen, &len, cfgstring);
+    if (ret == 0)
+        ret = append_options_except(out, outlen, &len, cfgstring,
+                                    is_throttle_option, NULL);
     if (ret == 0)
         ret = append_limits(out, outlen, &len, l);
     if (ret == 0 && group && group[0])
         ret = append(out, outlen, &len, ";throttle_group=", group,
                      strlen(group));
+    return ret;
+}
+
+static bool is_key(const char *opt, size_t n, const void *key)
+{
+    return option_is(opt, n, key);
+}
+
+int qlun_config_with_option(const char *cfgstring, const char *key,
+                            const char *value, char *out, size_t outlen)
+{
+    if (strchr(value, ';'))
+        return -EINVAL;
+    outlen = MIN(outlen, (size_t)QLUN_CFGSTRING_MAX + 1);
+    size_t len = 0;
+    int ret = append_head(out, outlen, &len, cfgstring);
+    /* Every other option as it was; key once, at the end (a repeated key
+     * would make the parser refuse the string). */
+    if (ret == 0)
+        ret = append_options_except(out, outlen, &len, cfgstring, is_key, key);
+    if (ret == 0)
+        ret = append(out, outlen, &len, ";", key, strlen(key));
+    if (ret == 0)
+        ret = append(out, outlen, &len, "=", value, strlen(value));
     return ret;
 }

@@ -53,6 +53,9 @@ struct qlun_config {
     /* throttle_group=: the named group the LUN's throttle joins; "" =
      * its own. */
     char throttle_group[THROTTLE_GROUP_NAME_MAX + 1];
+    /* copy_on_read=: reads copy what they find below the top into it
+     * (block/copy_on_read.h). */
+    bool copy_on_read;
 };
 
 #define QLUN_CACHE_SIZE_MAX (1ull << 30)
@@ -81,5 +84,10 @@ int qlun_config_with_top(const char *cfgstring, const char *top_path,
 int qlun_config_with_throttle(const char *cfgstring,
                               const struct throttle_limits *l,
                               const char *group, char *out, size_t outlen);
+/* cfgstring with option key set to value: key dropped wherever it was,
+ * then appended once with value.  Same errors as qlun_config_with_top
+ * (-ENAMETOOLONG, -EINVAL for a ';' in value). */
+int qlun_config_with_option(const char *cfgstring, const char *key,
+                            const char *value, char *out, size_t outlen);
 
 #endif

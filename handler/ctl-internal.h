@@ -41,6 +41,7 @@ JsonNode *ctl_snapshot_internal_create(JsonObject *args, struct ctl_error *e);
 JsonNode *ctl_snapshot_internal_delete(JsonObject *args, struct ctl_error *e);
 JsonNode *ctl_snapshot_internal_list(JsonObject *args, struct ctl_error *e);
 JsonNode *ctl_lun_set_throttle(JsonObject *args, struct ctl_error *e);
+JsonNode *ctl_lun_set_copy_on_read(JsonObject *args, struct ctl_error *e);
 
 /* One node of a LUN's image graph, as an object added to b (ctl_luns.c).
  * filename: the node's host path (struct image does not keep it). */

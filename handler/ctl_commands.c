@@ -57,6 +57,8 @@ static const struct ctl_command commands[] = {
         { "bps-read-max", ARG_UINT, false },
         { "bps-write-max", ARG_UINT, false },
         { "burst-seconds", ARG_UINT, false }, { "group", ARG_STRING, false } } },
+    { "lun-set-copy-on-read", ctl_lun_set_copy_on_read,
+      { { "lun", ARG_STRING, true }, { "enable", ARG_BOOL, true } } },
 };
 
 void ctl_set_error(struct ctl_error *e, const char *class, const char *fmt,

@@ -119,6 +119,15 @@ int qlun_dev_throttle_open(struct qlun_dev *d, char *err, size_t errlen);
 int qlun_dev_set_throttle(struct qlun_dev *d, const struct throttle_limits *l,
                           const char *group, bool *persisted, char *err,
                           size_t errlen);
+/* Copy-on-read (block/copy_on_read.h) on or off while the LUN serves
+ * (handler/lun_copy_on_read.c): the filter goes in or out of its slot
+ * under the drain, then the cfgstring, with copy_on_read=on/off, is
+ * persisted.  Refused (-EROFS) on a read-only LUN. */
+int qlun_dev_set_copy_on_read(struct qlun_dev *d, bool enable, char *err,
+                              size_t errlen);
+/* At open, before the SCSI LUN exists: the filter in if the cfgstring
+ * says copy_on_read=on (-EINVAL with readonly=on). */
+int qlun_dev_open_copy_on_read(struct qlun_dev *d, char *err, size_t errlen);
 
 /* Close and free; returns the image's close status (a clean close flushes
  * and, for qcow2, clears the dirty state).  NULL is a no-op. */

@@ -78,7 +78,8 @@ static int build_cluster0(const struct qcow2 *q, const uint8_t *c0,
     p += 8;
     put_be64(out + HDR_BACKING_OFFSET, name ? p : 0);
     put_be32(out + HDR_BACKING_SIZE, (uint32_t)nlen);
-    memcpy(out + p, name, nlen);
+    if (nlen) /* name may be NULL: memcpy must not see it */
+        memcpy(out + p, name, nlen);
     p += nlen;
     /* What the old layout used past the new one is cleared. */
     uint64_t old_end = old_off ? old_off + get_be32(c0 + HDR_BACKING_SIZE)

@@ -36,6 +36,7 @@ static const char usage_text[] =
     "           [--burst-seconds S] [--group NAME]\n"
     "                                         set a LUN's I/O limits (all of them:\n"
     "                                         one not given is none; none = off)\n"
+    "  copy-on-read LUN on|off                reads copy lower layers' data into the top\n"
     "  events                                 print events until interrupted\n"
     "\n"
     "A LUN is named by its serial or its backstore name.\n"
@@ -539,6 +540,19 @@ static void print_throttle(JsonNode *ret)
         printf("the limits apply now, but %s\n", str_member(o, "warning"));
 }
 
+static JsonNode *run_copy_on_read(struct session *s, int argc, char **argv)
+{
+    need_args(argv, argc, 2, 2, "copy-on-read LUN on|off");
+    allow_options("copy-on-read", false, false);
+    bool on = strcmp(argv[2], "on") == 0;
+    if (!on && strcmp(argv[2], "off") != 0)
+        usage_error("usage: qlunctl copy-on-read LUN on|off");
+    JsonBuilder *b = lun_args(argv[1]);
+    json_builder_set_member_name(b, "enable");
+    json_builder_add_boolean_value(b, on);
+    return execute(s, "lun-set-copy-on-read", end_args(b));
+}
+
 static JsonNode *run_query(struct session *s, const char *cmd,
                            const char *lun)
 {
@@ -602,7 +616,8 @@ int main(int argc, char **argv)
         need_args(argv, argc, 1, 1, strcmp(cmd, "info") == 0 ? "info LUN"
                                                               : "stats LUN");
     } else if (strcmp(cmd, "resize") && strcmp(cmd, "snapshot") &&
-               strcmp(cmd, "snapshot-internal") && strcmp(cmd, "throttle")) {
+               strcmp(cmd, "snapshot-internal") && strcmp(cmd, "throttle") &&
+               strcmp(cmd, "copy-on-read")) {
         usage_error("unknown command '%s'", cmd);
     }
     if (throttle_options_given() && strcmp(cmd, "throttle"))
@@ -626,6 +641,8 @@ int main(int argc, char **argv)
         ret = run_snapshot(&s, argc, argv);
     else if (strcmp(cmd, "throttle") == 0)
         ret = run_throttle(&s, argc, argv);
+    else if (strcmp(cmd, "copy-on-read") == 0)
+        ret = run_copy_on_read(&s, argc, argv);
     else
         ret = run_snapshot_internal(&s, argc, argv, &snap_list);
 

@@ -105,6 +105,16 @@ expect 0 throttle rawlun
 expect 0 throttle qlun1
 expect 0 --json info rawlun
 py "assert 'throttle' not in r[0]['graph'] and r[0]['graph']['driver'] != 'throttle'"
+# copy-on-read: the filter over the top in the graph, and gone again
+expect 0 copy-on-read qlun1 on
+expect 0 --json info qlun1
+py "g = r[0]['graph']; assert g['driver'] == 'copy-on-read' and g['children']['file']['driver'] == 'qcow2'"
+expect 0 copy-on-read qlun1 off
+expect 0 --json info qlun1
+py "assert r[0]['graph']['driver'] == 'qcow2'"
+expect 2 copy-on-read qlun1 maybe
+expect 2 copy-on-read qlun1
+expect 1 copy-on-read nosuch on; has err "qlunctl: no LUN 'nosuch'"
 # errors
 expect 1 info nosuch;            has err "qlunctl: no LUN 'nosuch'"
 expect 1 resize nosuch 1G;       has err "qlunctl: no LUN 'nosuch'"
@@ -113,7 +123,7 @@ expect 2;                        has err "no command given"
 expect 2 --bogus list
 expect 1 --socket "$dir/none.sock" list; has err "qlunctl: cannot connect to $dir/none.sock"
 expect 0 --help
-for c in list info stats resize snapshot snapshot-internal throttle events; do has out "  $c "; done
+for c in list info stats resize snapshot snapshot-internal throttle copy-on-read events; do has out "  $c "; done
 
 # events: a corrupt image shows up, human-readable and as JSON
 "$qlunctl" events >"$dir/ev.out" 2>&1 & events_pid=$!

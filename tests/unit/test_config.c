@@ -215,5 +215,28 @@ int main(void)
     snprintf(longcfg, sizeof(longcfg), "qlun/%s", longpath + 50);
     CHECK_EQ(qlun_config_with_throttle(longcfg, &tl, NULL, out, sizeof(out)),
              -ENAMETOOLONG);
+
+    /* copy_on_read=: on/off, off by default, anything else refused. */
+    CHECK_EQ(parse("qlun//a.img", &cfg, err), 0);
+    CHECK(!cfg.copy_on_read);
+    CHECK_EQ(parse("qlun//a.img;copy_on_read=on", &cfg, err), 0);
+    CHECK(cfg.copy_on_read);
+    CHECK_EQ(parse("qlun//a.img;copy_on_read=off", &cfg, err), 0);
+    CHECK(!cfg.copy_on_read);
+    CHECK_EQ(parse("qlun//a.img;copy_on_read=maybe", &cfg, err), -EINVAL);
+    CHECK(strstr(err, "copy_on_read") != NULL);
+    /* Setting it live rewrites the cfgstring: the option once, at the
+     * end, the rest kept; it parses back. */
+    CHECK_EQ(qlun_config_with_option("qlun//a.img;copy_on_read=on;cache=none",
+                                     "copy_on_read", "off", out,
+                                     sizeof(out)), 0);
+    CHECK(strcmp(out, "qlun//a.img;cache=none;copy_on_read=off") == 0);
+    CHECK_EQ(parse(out, &cfg, err), 0);
+    CHECK(!cfg.copy_on_read && cfg.cache == QLUN_CACHE_NONE);
+    CHECK_EQ(qlun_config_with_option("qlun//a.img", "copy_on_read", "on", out,
+                                     sizeof(out)), 0);
+    CHECK(strcmp(out, "qlun//a.img;copy_on_read=on") == 0);
+    CHECK_EQ(qlun_config_with_option("qlun//a.img", "k", longpath, out,
+                                     sizeof(out)), -ENAMETOOLONG);
     return check_summary("test_config");
 }

@@ -6,6 +6,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "block/copy_on_read.h"
+#include "block/driver.h"
 #include "handler/device.h"
 
 #include "check.h"
@@ -22,6 +24,57 @@ static int open_dev(const char *cfg, uint32_t bs, uint64_t blocks,
     };
     err[0] = '\0';
     return qlun_dev_open(&p, d, err, sizeof(err));
+}
+
+/* d->persist in tests: what was stored last. */
+static char persisted[QLUN_CFGSTRING_MAX + 1];
+static int persist_cfg(void *opaque, const char *attr, const char *value,
+                       char *e, size_t elen)
+{
+    (void)opaque, (void)e, (void)elen;
+    if (strcmp(attr, "dev_config") == 0)
+        snprintf(persisted, sizeof(persisted), "%s", value);
+    return 0;
+}
+
+/* copy_on_read=: the filter at open, live off and on again (the
+ * cfgstring persisted each time), refused on a read-only LUN. */
+static void test_copy_on_read(const char *img)
+{
+    char cfg[1024];
+    struct qlun_dev *d = NULL;
+    snprintf(cfg, sizeof(cfg), "qlun/%s;format=raw;stats=off;readonly=on;"
+             "copy_on_read=on", img);
+    CHECK_EQ(open_dev(cfg, 512, 16384, &d), -EINVAL);
+    CHECK(strstr(err, "copy_on_read=on needs a writable LUN") != NULL);
+    snprintf(cfg, sizeof(cfg), "qlun/%s;format=raw;stats=off;readonly=on",
+             img);
+    CHECK_EQ(open_dev(cfg, 512, 16384, &d), 0);
+    if (d) {
+        CHECK_EQ(qlun_dev_set_copy_on_read(d, true, err, sizeof(err)),
+                 -EROFS);
+        CHECK(qlun_dev_served(d) == d->img);
+        qlun_dev_close(d);
+    }
+    snprintf(cfg, sizeof(cfg), "qlun/%s;format=raw;copy_on_read=on;"
+             "stats=off", img);
+    CHECK_EQ(open_dev(cfg, 512, 16384, &d), 0);
+    if (!d)
+        return;
+    d->persist = persist_cfg;
+    CHECK(qlun_dev_served(d)->drv == &copy_on_read_driver);
+    CHECK(qlun_dev_served(d)->file == d->img);
+    CHECK_EQ(qlun_dev_set_copy_on_read(d, false, err, sizeof(err)), 0);
+    CHECK(qlun_dev_served(d) == d->img);
+    CHECK(strstr(persisted, ";stats=off;copy_on_read=off") != NULL);
+    CHECK(strcmp(persisted, d->cfgstring) == 0);
+    CHECK_EQ(qlun_dev_set_copy_on_read(d, true, err, sizeof(err)), 0);
+    CHECK(qlun_dev_served(d)->drv == &copy_on_read_driver);
+    CHECK(strstr(persisted, ";stats=off;copy_on_read=on") != NULL);
+    /* Asked twice: nothing changes, no second filter. */
+    CHECK_EQ(qlun_dev_set_copy_on_read(d, true, err, sizeof(err)), 0);
+    CHECK(qlun_dev_served(d)->file == d->img);
+    CHECK_EQ(qlun_dev_close(d), 0);
 }
 
 static void make_file(const char *path, off_t size)
@@ -151,6 +204,7 @@ int main(void)
         CHECK(memcmp(back, blk, 512) == 0);
     }
 
+    test_copy_on_read(img);
     char cmd[512];
     snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
     if (system(cmd) != 0)
