@@ -22,7 +22,7 @@ struct ctl_arg_spec {
     bool required;
 };
 
-#define CTL_MAX_ARGS 4
+#define CTL_MAX_ARGS 16
 
 struct ctl_command {
     const char *name;
@@ -45,6 +45,21 @@ static const struct ctl_command commands[] = {
       { { "lun", ARG_STRING, true }, { "name", ARG_STRING, true } } },
     { "snapshot-internal-list", ctl_snapshot_internal_list,
       { { "lun", ARG_STRING, true } } },
+    { "job-start", ctl_job_start,
+      { { "lun", ARG_STRING, true }, { "type", ARG_STRING, true },
+        { "id", ARG_STRING, false }, { "speed", ARG_UINT, false },
+        { "top", ARG_STRING, false }, { "base", ARG_STRING, false },
+        { "target", ARG_STRING, false }, { "format", ARG_STRING, false },
+        { "sync", ARG_STRING, false }, { "existing", ARG_BOOL, false },
+        { "granularity", ARG_UINT, false } } },
+    { "query-jobs", ctl_query_jobs, { { "lun", ARG_STRING, false } } },
+    { "job-pause", ctl_job_pause, { { "id", ARG_STRING, true } } },
+    { "job-resume", ctl_job_resume, { { "id", ARG_STRING, true } } },
+    { "job-cancel", ctl_job_cancel, { { "id", ARG_STRING, true } } },
+    { "job-complete", ctl_job_complete, { { "id", ARG_STRING, true } } },
+    { "job-dismiss", ctl_job_dismiss, { { "id", ARG_STRING, true } } },
+    { "job-set-speed", ctl_job_set_speed,
+      { { "id", ARG_STRING, true }, { "speed", ARG_UINT, true } } },
 };
 
 void ctl_set_error(struct ctl_error *e, const char *class, const char *fmt,
