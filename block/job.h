@@ -170,10 +170,11 @@ struct job {
     enum job_status status;
     enum job_result result;
     bool pause_requested, cancel_requested, complete_requested;
-    bool dismissed;
+    bool has_thread;                         /* thread to join */
     char error[512];
     uint64_t window_start_ns, window_bytes;  /* speed limit */
     uint64_t last_progress_ns;               /* progress events */
+    uint64_t last_progress_done, rate;       /* bytes/s, last interval */
     struct job *next;                        /* the list of jobs */
 };
 
@@ -186,6 +187,7 @@ struct job_info {
     enum job_result result;
     char error[512];          /* "" unless failed */
     uint64_t done, total, speed;
+    uint64_t rate;            /* bytes/s copied over the last second or so */
 };
 
 /* Events the runner emits (names as on the management socket). */
@@ -201,14 +203,24 @@ void job_set_event_hook(void (*hook)(const char *event,
 
 /* ---- control (the management socket) ---- */
 
-/* The drivers' table (block/job.c). */
-const struct job_driver *job_driver_find(const char *type);
+/* The driver that does p on the LUN owner describes (block/job_drivers.c):
+ * by p->type, and for "commit" by whether p->top is the LUN's top (an
+ * active commit) or below it; NULL if none. */
+const struct job_driver *job_driver_for(const struct job_params *p,
+                                        const struct job_owner *owner);
+/* The types job_driver_for knows, for messages: "stream, commit, ...". */
+const char *job_driver_types(void);
 /* Start a job on the LUN owner describes: driver start, then its thread.
  * The caller makes sure the LUN has no other job.  On failure nothing
  * changed and err says why (-EINVAL bad parameters, -EEXIST id taken,
  * -ENOENT no such node, ...). */
 int job_start(const struct job_params *p, const struct job_owner *owner,
               char *err, size_t errlen);
+/* The same with the driver given (tests). */
+int job_start_with_driver(const struct job_driver *drv,
+                          const struct job_params *p,
+                          const struct job_owner *owner, char *err,
+                          size_t errlen);
 /* By id: -ENOENT no such job; -EBUSY the request makes no sense in the
  * job's status now (err says which). */
 int job_pause(const char *id, char *err, size_t errlen);
@@ -248,5 +260,6 @@ void job_set_error(struct job *job, const char *fmt, ...)
 extern const struct job_driver stream_job_driver;
 extern const struct job_driver commit_job_driver;
 extern const struct job_driver mirror_job_driver;
+extern const struct job_driver active_commit_job_driver;
 
 #endif
