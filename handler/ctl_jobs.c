@@ -12,7 +12,6 @@
 #include "block/driver.h"
 #include "block/job.h"
 #include "handler/ctl-internal.h"
-#include "handler/job_rate.h"
 #include "handler/registry.h"
 
 #define JOB_TYPES "stream, commit, mirror"
@@ -169,11 +168,6 @@ JsonNode *ctl_job_start(JsonObject *args, struct ctl_error *e)
     if (!check_common(args, t, e) ||
         (strcmp(type, "mirror") == 0 && !check_mirror(args, e)))
         return NULL;
-    if (!job_driver_find(type)) {
-        ctl_set_error(e, CTL_ERR_GENERIC, "job-start: %s jobs are not "
-                      "built into this qlun", type);
-        return NULL;
-    }
     struct qlun_dev *d = ctl_get_lun(args, e);
     if (!d)
         return NULL;
@@ -218,14 +212,6 @@ static void add_job_members(JsonBuilder *b, const struct job_info *j)
     json_builder_add_int_value(b, (gint64)j->total);
 }
 
-/* A concluded job copies no more: its rate is 0. */
-static uint64_t rate_of(const struct job_info *j)
-{
-    if (j->status == JOB_CONCLUDED)
-        return 0;
-    return job_rate_sample(j->id, j->done, job_rate_now_ns());
-}
-
 JsonNode *ctl_query_jobs(JsonObject *args, struct ctl_error *e)
 {
     char serial[128] = "";
@@ -251,7 +237,10 @@ JsonNode *ctl_query_jobs(JsonObject *args, struct ctl_error *e)
         json_builder_set_member_name(b, "speed");
         json_builder_add_int_value(b, (gint64)jobs[i].speed);
         json_builder_set_member_name(b, "rate");
-        json_builder_add_int_value(b, (gint64)rate_of(&jobs[i]));
+        /* A concluded job copies no more, whatever its last
+         * interval's rate was. */
+        json_builder_add_int_value(b, jobs[i].status == JOB_CONCLUDED ? 0
+                                   : (gint64)jobs[i].rate);
         json_builder_end_object(b);
     }
     json_builder_end_array(b);
@@ -280,8 +269,6 @@ static JsonNode *job_control(JsonObject *args, struct ctl_error *e,
     int ret = fn(id, err, sizeof(err));
     if (ret < 0)
         job_error(e, ret, err);
-    else if (fn == job_dismiss)
-        job_rate_forget(id);
     return NULL;
 }
 
@@ -321,14 +308,9 @@ JsonNode *ctl_job_set_speed(JsonObject *args, struct ctl_error *e)
     return NULL;
 }
 
-/* block/job.h's event hook: every job event on the socket.  The events
- * are also the rate's samples (progress comes about once a second). */
+/* block/job.h's event hook: every job event on the socket. */
 static void job_event(const char *event, const struct job_info *info)
 {
-    if (strcmp(event, JOB_EVENT_COMPLETED) == 0)
-        job_rate_forget(info->id);
-    else
-        job_rate_sample(info->id, info->done, job_rate_now_ns());
     g_autoptr(JsonBuilder) b = json_builder_new();
     json_builder_begin_object(b);
     add_job_members(b, info);

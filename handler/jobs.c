@@ -21,10 +21,8 @@
 #include "device.h"
 
 #include <errno.h>
-#include <limits.h>
 #include <stdatomic.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include "block/driver.h"
@@ -157,22 +155,11 @@ int qlun_dev_job_busy(const struct qlun_dev *d, char *err, size_t errlen)
     return -EBUSY;
 }
 
-static bool same_file(const char *a, const char *b)
-{
-    char ra[PATH_MAX], rb[PATH_MAX];
-    if (!realpath(a, ra) || !realpath(b, rb))
-        return strcmp(a, b) == 0;
-    return strcmp(ra, rb) == 0;
-}
-
 /* The node of d's chain (the top and its backing files) that path names;
  * NULL if none.  Under control_lock. */
 static struct image *chain_node(const struct qlun_dev *d, const char *path)
 {
-    for (struct image *n = d->img; n; n = n->backing)
-        if (n->filename && same_file(n->filename, path))
-            return n;
-    return NULL;
+    return image_chain_find(d->img, path);
 }
 
 /* The image a job of p would pivot the LUN onto (path and format), if it
