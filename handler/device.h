@@ -123,6 +123,11 @@ void qlun_dev_top_resized(struct qlun_dev *d);
  * else job_start's errors. */
 int qlun_dev_job_start(struct qlun_dev *d, const struct job_params *p,
                        char id[64], char *err, size_t errlen);
+/* The same with the driver given (NULL: by p->type), for tests. */
+int qlun_dev_job_start_with_driver(struct qlun_dev *d,
+                                   const struct job_driver *drv,
+                                   const struct job_params *p, char id[64],
+                                   char *err, size_t errlen);
 /* Under control_lock: -EBUSY with "job X is running on this LUN" in err
  * while the LUN has a job (resize and snapshots refuse then: the job owns
  * the top), else 0. */

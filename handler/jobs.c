@@ -231,8 +231,9 @@ static void release(struct qlun_dev *d, const char *id)
 }
 
 /* Start one attempt with id (claimed for the LUN meanwhile). */
-static int start_as(struct qlun_dev *d, const struct job_params *p,
-                    const char *id, char *err, size_t errlen)
+static int start_as(struct qlun_dev *d, const struct job_driver *drv,
+                    const struct job_params *p, const char *id, char *err,
+                    size_t errlen)
 {
     pthread_mutex_lock(&d->control_lock);
     int ret = claim_locked(d, p, id, err, errlen);
@@ -245,14 +246,17 @@ static int start_as(struct qlun_dev *d, const struct job_params *p,
     qlun_dev_job_owner(d, &o);
     /* Not under control_lock: the driver's start drains the LUN through
      * the owner, which takes it. */
-    ret = job_start(&q, &o, err, errlen);
+    ret = drv ? job_start_with_driver(drv, &q, &o, err, errlen)
+              : job_start(&q, &o, err, errlen);
     if (ret < 0)
         release(d, id);
     return ret;
 }
 
-int qlun_dev_job_start(struct qlun_dev *d, const struct job_params *p,
-                       char id[64], char *err, size_t errlen)
+int qlun_dev_job_start_with_driver(struct qlun_dev *d,
+                                   const struct job_driver *drv,
+                                   const struct job_params *p, char id[64],
+                                   char *err, size_t errlen)
 {
     static atomic_uint next_id;
     if (p->id) {
@@ -262,13 +266,19 @@ int qlun_dev_job_start(struct qlun_dev *d, const struct job_params *p,
             return -EINVAL;
         }
         snprintf(id, 64, "%s", p->id);
-        return start_as(d, p, id, err, errlen);
+        return start_as(d, drv, p, id, err, errlen);
     }
     /* A made-up id may be one a caller chose: take the next. */
     int ret = -EEXIST;
     for (int tries = 0; tries < 100 && ret == -EEXIST; tries++) {
         snprintf(id, 64, "job%u", atomic_fetch_add(&next_id, 1) + 1);
-        ret = start_as(d, p, id, err, errlen);
+        ret = start_as(d, drv, p, id, err, errlen);
     }
     return ret;
+}
+
+int qlun_dev_job_start(struct qlun_dev *d, const struct job_params *p,
+                       char id[64], char *err, size_t errlen)
+{
+    return qlun_dev_job_start_with_driver(d, NULL, p, id, err, errlen);
 }
