@@ -23,6 +23,7 @@ SECTIONS = [  # README heading -> manual section
     ("Online resize", "ONLINE RESIZE"),
     ("Live snapshots", "LIVE SNAPSHOTS"),
     ("Management socket and qlunctl", "MANAGEMENT SOCKET AND QLUNCTL"),
+    ("Block jobs", "BLOCK JOBS"),
     ("Tuning", "TUNING"),
 ]
 
