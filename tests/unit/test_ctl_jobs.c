@@ -10,6 +10,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -62,6 +63,60 @@ static const struct job_driver test_driver = {
     .start = t_start, .run = t_run, .finish = t_finish,
     .destroy = t_destroy,
 };
+
+/* A driver that pivots the LUN onto pivot_path (raw) in its finish, as
+ * a mirror's complete does. */
+static char pivot_path[256];
+
+static int p_run(struct job *job)
+{
+    return job_yield(job, 0) < 0 ? -ECANCELED : 0;
+}
+
+static int p_finish(struct job *job, int run_ret)
+{
+    struct job_owner *o = &job->owner;
+    struct image_open_opts opts;
+    struct image *img, *old;
+    char err[256];
+    if (run_ret < 0)
+        return 0;
+    o->open_opts(o->opaque, &opts);
+    opts.path = pivot_path;
+    opts.format = "raw";
+    if (image_open(&opts, &img, err, sizeof(err)) < 0) {
+        job_set_error(job, "%s", err);
+        return -EIO;
+    }
+    o->drain_begin(o->opaque);
+    old = o->switch_top(o->opaque, img);
+    o->drain_end(o->opaque);
+    image_close(old);
+    return 0;
+}
+
+static const struct job_driver pivot_driver = {
+    .type = "mirror", .instance_size = sizeof(struct job),
+    .start = t_start, .run = p_run, .finish = p_finish,
+};
+
+/* d->persist: records what it stored, and whether control_lock was free
+ * (LIO hands the write back to the handler's reconfig, which takes it). */
+static char persisted[512];
+static bool persisted_unlocked;
+
+static int record_persist(void *opaque, const char *attr, const char *value,
+                          char *err, size_t errlen)
+{
+    struct qlun_dev *d = opaque;
+    (void)err;
+    (void)errlen;
+    persisted_unlocked = pthread_mutex_trylock(&d->control_lock) == 0;
+    if (persisted_unlocked)
+        pthread_mutex_unlock(&d->control_lock);
+    snprintf(persisted, sizeof(persisted), "%s=%s", attr, value);
+    return 0;
+}
 
 /* ---- helpers ---- */
 
@@ -316,6 +371,33 @@ static void test_close_cancels(void)
     CHECK(job_member("j3", "status")[0] == 0);
 }
 
+/* A pivot: the LUN serves the new image, and its cfgstring names it
+ * (format included, serial and root kept), stored through d->persist
+ * after the drain and outside control_lock. */
+static void test_pivot_persists(void)
+{
+    char err[512], id[64], want[512];
+    struct qlun_dev *d = open_lun();
+    d->persist = record_persist;
+    d->persist_opaque = d;
+    struct job_params p = { .type = "mirror", .id = "p1" };
+    CHECK_EQ(qlun_dev_job_start_with_driver(d, &pivot_driver, &p, id, err,
+                                            sizeof(err)), 0);
+    CHECK(wait_status("p1", "concluded"));
+    CHECK(strcmp(job_member("p1", "result"), "completed") == 0);
+    CHECK(strcmp(d->img->filename, pivot_path) == 0);
+    snprintf(want, sizeof(want), "dev_config=qlun/%s;stats=off;format=raw;"
+             "serial=jobs1;backing_root=%s", pivot_path, dir);
+    CHECK(strcmp(persisted, want) == 0);
+    if (strcmp(persisted, want))
+        fprintf(stderr, "  persisted %s\n  wanted    %s\n", persisted, want);
+    CHECK(persisted_unlocked);
+    CHECK(strcmp(d->cfgstring, want + strlen("dev_config=")) == 0);
+    g_free(ctl_execute("{\"execute\":\"job-dismiss\",\"arguments\":"
+                       "{\"id\":\"p1\"}}"));
+    CHECK_EQ(qlun_dev_close(d), 0);
+}
+
 int main(void)
 {
     if (!mkdtemp(dir))
@@ -325,12 +407,19 @@ int main(void)
     if (fd < 0 || ftruncate(fd, 4 << 20) < 0)
         return 1;
     close(fd);
+    snprintf(pivot_path, sizeof(pivot_path), "%s/pivot.raw", dir);
+    fd = open(pivot_path, O_CREAT | O_RDWR, 0600);
+    if (fd < 0 || ftruncate(fd, 4 << 20) < 0)
+        return 1;
+    close(fd);
     struct qlun_dev *d = open_lun();
     test_start_arguments();
     test_control_arguments();
     test_one_job_and_refusals(d);
     qlun_dev_close(d);
     test_close_cancels();
+    test_pivot_persists();
+    unlink(pivot_path);
     unlink(raw_path);
     rmdir(dir);
     return check_summary("test_ctl_jobs");
