@@ -432,11 +432,11 @@ static bool names_the_top(const char *opt, size_t n, const void *ctx)
 }
 
 int qlun_config_with_top(const char *cfgstring, const char *top_path,
-                         const char *serial, const char *backing_root,
-                         char *out, size_t outlen)
+                         const char *format, const char *serial,
+                         const char *backing_root, char *out, size_t outlen)
 {
     if (strchr(top_path, ';') || strchr(backing_root, ';') ||
-        strchr(serial, ';'))
+        strchr(serial, ';') || (format && strchr(format, ';')))
         return -EINVAL;
     outlen = MIN(outlen, (size_t)QLUN_CFGSTRING_MAX + 1);
     size_t len = 0;
@@ -445,6 +445,10 @@ int qlun_config_with_top(const char *cfgstring, const char *top_path,
     if (ret == 0)
         ret = append_options_except(out, outlen, &len, cfgstring,
                                     names_the_top, NULL);
+    /* The default format is what a parse assumes without format=: naming
+     * it would only spend some of LIO's 255 bytes. */
+    if (ret == 0 && format && strcmp(format, block_default_format()) != 0)
+        ret = append(out, outlen, &len, ";format=", format, strlen(format));
     if (ret == 0)
         ret = append(out, outlen, &len, ";serial=", serial, strlen(serial));
     if (ret == 0)

@@ -66,15 +66,16 @@ int qlun_config_parse(const char *cfgstring, struct qlun_config *cfg,
                       char *err, size_t errlen);
 
 /* The cfgstring of the same LUN with another top image (after an external
- * snapshot): cfgstring's options, with the path replaced by top_path, the
- * format left to its default (qcow2: an overlay is one), and serial and
+ * snapshot or a job's pivot): cfgstring's options, with the path replaced
+ * by top_path, the format by format (NULL or the default format: left to
+ * the default; a mirror may pivot onto a raw image), and serial and
  * backing_root given explicitly (the old path implied them: the serial is
  * derived from it when not set, the root is its directory).  Returns 0,
  * or -ENAMETOOLONG if the result would not fit in outlen bytes or in
  * QLUN_CFGSTRING_MAX, -EINVAL if top_path cannot be stored (a ';'). */
 int qlun_config_with_top(const char *cfgstring, const char *top_path,
-                         const char *serial, const char *backing_root,
-                         char *out, size_t outlen);
+                         const char *format, const char *serial,
+                         const char *backing_root, char *out, size_t outlen);
 
 /* The cfgstring of the same LUN with other throttle settings: cfgstring
  * with its throttle options (iops=... throttle_group=) replaced by those

@@ -13,6 +13,7 @@
 #define CTL_ERR_COMMAND_NOT_FOUND "CommandNotFound"
 #define CTL_ERR_DEVICE_NOT_FOUND "DeviceNotFound"
 #define CTL_ERR_INVALID_PARAMETER "InvalidParameter"
+#define CTL_ERR_DEVICE_NOT_ACTIVE "DeviceNotActive"   /* no such job */
 
 struct ctl_error {
     const char *class;    /* NULL = no error */
@@ -42,6 +43,18 @@ JsonNode *ctl_snapshot_internal_delete(JsonObject *args, struct ctl_error *e);
 JsonNode *ctl_snapshot_internal_list(JsonObject *args, struct ctl_error *e);
 JsonNode *ctl_lun_set_throttle(JsonObject *args, struct ctl_error *e);
 JsonNode *ctl_lun_set_copy_on_read(JsonObject *args, struct ctl_error *e);
+
+/* Block jobs (ctl_jobs.c). */
+JsonNode *ctl_job_start(JsonObject *args, struct ctl_error *e);
+JsonNode *ctl_query_jobs(JsonObject *args, struct ctl_error *e);
+JsonNode *ctl_job_pause(JsonObject *args, struct ctl_error *e);
+JsonNode *ctl_job_resume(JsonObject *args, struct ctl_error *e);
+JsonNode *ctl_job_cancel(JsonObject *args, struct ctl_error *e);
+JsonNode *ctl_job_complete(JsonObject *args, struct ctl_error *e);
+JsonNode *ctl_job_dismiss(JsonObject *args, struct ctl_error *e);
+JsonNode *ctl_job_set_speed(JsonObject *args, struct ctl_error *e);
+/* Send the jobs' events (block/job.h's hook) to the socket. */
+void ctl_jobs_init(void);
 
 /* One node of a LUN's image graph, as an object added to b (ctl_luns.c).
  * filename: the node's host path (struct image does not keep it). */

@@ -300,6 +300,8 @@ int ctl_server_start(const char *path, char *err, size_t errlen)
         snprintf(err, errlen, "the management socket is already served");
         return -EBUSY;
     }
+    /* Jobs tell the socket what happens to them from now on. */
+    ctl_jobs_init();
     srv.path = g_strdup(path);
     srv.ctx = g_main_context_new();
     srv.loop = g_main_loop_new(srv.ctx, FALSE);

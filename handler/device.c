@@ -49,23 +49,29 @@ uint64_t qlun_dev_soft_threshold(const struct qlun_dev *d, uint64_t lun_bytes)
     return d->cfg.soft_threshold_bytes;
 }
 
+void qlun_dev_image_opts(const struct qlun_dev *d, const char *root,
+                         struct image_open_opts *opts)
+{
+    *opts = (struct image_open_opts){
+        .read_only = d->cfg.read_only,
+        .direct_io = d->cfg.cache == QLUN_CACHE_NONE ||
+                     d->cfg.cache == QLUN_CACHE_DIRECTSYNC,
+        .backing_root = root,
+        .l2_cache_bytes = d->cfg.l2_cache_size,
+        .refcount_cache_bytes = d->cfg.refcount_cache_size,
+    };
+}
+
 int qlun_dev_open_image(const struct qlun_dev *d, const char *path,
                         const char *format, struct image **out, char *err,
                         size_t errlen)
 {
     char root[PATH_MAX];
+    struct image_open_opts opts;
     qlun_dev_backing_root(d, root, sizeof(root));
-    bool direct = d->cfg.cache == QLUN_CACHE_NONE ||
-                  d->cfg.cache == QLUN_CACHE_DIRECTSYNC;
-    struct image_open_opts opts = {
-        .path = path,
-        .format = format,
-        .read_only = d->cfg.read_only,
-        .direct_io = direct,
-        .backing_root = root,
-        .l2_cache_bytes = d->cfg.l2_cache_size,
-        .refcount_cache_bytes = d->cfg.refcount_cache_size,
-    };
+    qlun_dev_image_opts(d, root, &opts);
+    opts.path = path;
+    opts.format = format;
     return image_open(&opts, out, err, errlen);
 }
 
@@ -178,9 +184,17 @@ int qlun_dev_close(struct qlun_dev *d)
 {
     if (!d)
         return 0;
-    /* First, so that no management command still holds the LUN. */
-    if (d->registered)
+    if (d->registered) {
+        /* A job works on the LUN's graph and drains it: it ends before
+         * anything it uses goes.  closing keeps a new one from starting
+         * meanwhile. */
+        pthread_mutex_lock(&d->control_lock);
+        d->closing = true;
+        pthread_mutex_unlock(&d->control_lock);
+        job_cancel_all(d->serial);
+        /* Then, so that no management command still holds the LUN. */
         lun_registry_remove(d);
+    }
     stats_file_stop(d->stats);
     scsi_lun_free(d->lun);
     /* The filters first, then the top and what is below it. */

@@ -9,6 +9,7 @@
 #include <pthread.h>
 
 #include "block/image.h"
+#include "block/job.h"
 #include "handler/config.h"
 #include "handler/stats_file.h"
 #include "scsi/scsi.h"
@@ -55,6 +56,17 @@ struct qlun_dev {
      * before it drains it, and what it saw must still hold then. */
     pthread_mutex_t control_lock;
     uint64_t last_drain_ns;       /* how long the last snapshot drained */
+    /* The LUN's block job (handler/jobs.c), under control_lock: its id
+     * from job-start until it concludes ("" = none; at most one), and
+     * closing, set once close has begun (no job starts after it). */
+    char job_id[64];
+    bool closing;
+    /* What the job reads through its owner while it runs: the backing
+     * root (open_opts), and a cfgstring its pivot made, stored by the
+     * job's drain_end once control_lock is released. */
+    char job_root[PATH_MAX];
+    char job_cfgstring[QLUN_CFGSTRING_MAX + 1];
+    bool job_cfgstring_pending;
     struct scsi_lun *lun;
     struct stats_file *stats;
     char serial[QLUN_SERIAL_MAX + 1];
@@ -128,9 +140,27 @@ int qlun_dev_set_copy_on_read(struct qlun_dev *d, bool enable, char *err,
 /* At open, before the SCSI LUN exists: the filter in if the cfgstring
  * says copy_on_read=on (-EINVAL with readonly=on). */
 int qlun_dev_open_copy_on_read(struct qlun_dev *d, char *err, size_t errlen);
+/* Block jobs (handler/jobs.c).  Start a job of p's type on the LUN, as
+ * its only one; p->id NULL: one is made up.  The job's id goes into id
+ * (64 bytes).  -EBUSY if the LUN has a job (err names it) or is closing;
+ * else job_start's errors. */
+int qlun_dev_job_start(struct qlun_dev *d, const struct job_params *p,
+                       char id[64], char *err, size_t errlen);
+/* The same with the driver given (NULL: by p->type), for tests. */
+int qlun_dev_job_start_with_driver(struct qlun_dev *d,
+                                   const struct job_driver *drv,
+                                   const struct job_params *p, char id[64],
+                                   char *err, size_t errlen);
+/* Under control_lock: -EBUSY with "job X is running on this LUN" in err
+ * while the LUN has a job (resize and snapshots refuse then: the job owns
+ * the top), else 0. */
+int qlun_dev_job_busy(const struct qlun_dev *d, char *err, size_t errlen);
+/* The job_owner that handler/jobs.c gives a job of d (for tests). */
+void qlun_dev_job_owner(struct qlun_dev *d, struct job_owner *o);
 
 /* Close and free; returns the image's close status (a clean close flushes
- * and, for qcow2, clears the dirty state).  NULL is a no-op. */
+ * and, for qcow2, clears the dirty state).  A job on the LUN is cancelled
+ * first (its finish leaves the graph consistent).  NULL is a no-op. */
 int qlun_dev_close(struct qlun_dev *d);
 
 /* Where the LUN's backing files (and snapshot overlays) may live:
@@ -141,6 +171,10 @@ void qlun_dev_backing_root(const struct qlun_dev *d, char *out, size_t len);
  * attention (soft_threshold=: bytes, or a percentage of the LUN's size,
  * which follows a resize); 0 = none. */
 uint64_t qlun_dev_soft_threshold(const struct qlun_dev *d, uint64_t lun_bytes);
+/* The LUN's image options (cache mode, caches) with backing root root;
+ * path and format left NULL. */
+void qlun_dev_image_opts(const struct qlun_dev *d, const char *root,
+                         struct image_open_opts *opts);
 /* Open an image with the LUN's options (cache mode, caches, root). */
 int qlun_dev_open_image(const struct qlun_dev *d, const char *path,
                         const char *format, struct image **out, char *err,

@@ -49,6 +49,11 @@ static int resize_serialised(struct qlun_dev *d, uint64_t new_size,
 {
     if (errlen)
         err[0] = 0;
+    /* A job copies the top at its current size and may pivot onto an
+     * image of that size. */
+    int busy = qlun_dev_job_busy(d, err, errlen);
+    if (busy < 0)
+        return busy;
     struct scsi_lun_info li;
     scsi_lun_get_info(d->lun, &li);
     uint32_t bs = li.block_size;

@@ -63,10 +63,15 @@ static int snapshot_locked(struct qlun_dev *d, const char *overlay_path,
                            uint32_t cluster_size, char *cfgstring,
                            size_t cfglen, char *err, size_t errlen)
 {
+    /* A job holds on to the top it works on (and may pivot away from
+     * it): a snapshot would move the LUN's writes under its feet. */
+    int ret = qlun_dev_job_busy(d, err, errlen);
+    if (ret < 0)
+        return ret;
     char root[PATH_MAX];
     qlun_dev_backing_root(d, root, sizeof(root));
-    int ret = qlun_config_with_top(d->cfgstring, overlay_path, d->serial,
-                                   root, cfgstring, cfglen);
+    ret = qlun_config_with_top(d->cfgstring, overlay_path, NULL,
+                                   d->serial, root, cfgstring, cfglen);
     if (ret < 0) {
         snprintf(err, errlen, "the LUN's cfgstring for %s would be longer "
                  "than LIO keeps (%d bytes) or unreadable (';' in a path); "
@@ -125,10 +130,15 @@ int qlun_dev_snapshot_internal(struct qlun_dev *d, bool create,
         return -EROFS;
     }
     pthread_mutex_lock(&d->control_lock);
-    scsi_lun_drain_begin(d->lun);
-    int ret = create ? image_snapshot_create(d->img, name, err, errlen)
+    /* An internal snapshot changes the top's clusters' refcounts (copy on
+     * write from then on) under a job that copies into or out of it. */
+    int ret = qlun_dev_job_busy(d, err, errlen);
+    if (ret == 0) {
+        scsi_lun_drain_begin(d->lun);
+        ret = create ? image_snapshot_create(d->img, name, err, errlen)
                      : image_snapshot_delete(d->img, name, err, errlen);
-    scsi_lun_drain_end(d->lun);
+        scsi_lun_drain_end(d->lun);
+    }
     pthread_mutex_unlock(&d->control_lock);
     return ret;
 }

@@ -22,7 +22,12 @@ SECTIONS = [  # README heading -> manual section
     ("Statistics", "STATISTICS"),
     ("Online resize", "ONLINE RESIZE"),
     ("Live snapshots", "LIVE SNAPSHOTS"),
+    ("Block jobs", "BLOCK JOBS"),
+    ("Stream job", "STREAM JOB"),
+    ("Commit job", "COMMIT JOB"),
     ("Mirror and active commit", "MIRROR AND ACTIVE COMMIT"),
+    ("Copy-on-read", "COPY-ON-READ"),
+    ("Throttling", "THROTTLING"),
     ("Management socket and qlunctl", "MANAGEMENT SOCKET AND QLUNCTL"),
     ("Tuning", "TUNING"),
 ]

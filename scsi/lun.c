@@ -210,10 +210,20 @@ static int exec_command(struct scsi_lun *lun, struct scsi_cmd *cmd);
 int scsi_lun_exec(struct scsi_lun *lun, struct scsi_cmd *cmd)
 {
     assert(lun && cmd && cmd->cdb);
+    /* Counted before the drain is taken, so that a command held off by a
+     * drain counts too: a job that drained briefly must still see that
+     * the initiator is waiting and give way afterwards. */
+    atomic_fetch_add(&lun->in_flight, 1);
     pthread_rwlock_rdlock(&lun->drain_lock);
     int st = exec_command(lun, cmd);
     pthread_rwlock_unlock(&lun->drain_lock);
+    atomic_fetch_sub(&lun->in_flight, 1);
     return st;
+}
+
+unsigned scsi_lun_in_flight(struct scsi_lun *lun)
+{
+    return atomic_load(&lun->in_flight);
 }
 
 static int exec_command(struct scsi_lun *lun, struct scsi_cmd *cmd)

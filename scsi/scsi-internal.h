@@ -82,6 +82,9 @@ struct scsi_lun {
      * under it exclusive, which is why commands read them without atomics. */
     pthread_rwlock_t drain_lock;
     bool draining;             /* between drain_begin and drain_end */
+    /* Commands in scsi_lun_exec now, those waiting for a drain to end
+     * included: what a block job yields to (scsi_lun_in_flight). */
+    atomic_uint in_flight;
 
     /* Pending unit attentions, a set of LUN_UA_* bits: each is reported
      * once, by the next command that reports unit attentions, so that one

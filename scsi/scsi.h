@@ -104,6 +104,11 @@ void scsi_lun_set_image(struct scsi_lun *lun, struct image *img);
  * never from the draining thread between begin and end. */
 uint64_t scsi_lun_num_blocks(struct scsi_lun *lun);
 
+/* How many commands are in scsi_lun_exec now (running, or waiting for a
+ * drain to end): a background job gives way while this is not zero.  A
+ * snapshot that may be stale by the time it is read; any thread. */
+unsigned scsi_lun_in_flight(struct scsi_lun *lun);
+
 /* Per-LUN statistics, counted since the LUN was created. */
 struct scsi_lun_stats {
     uint64_t commands[256];   /* commands received, by opcode */

@@ -138,6 +138,50 @@ py "assert r['event'] == 'LUN_CORRUPT' and r['data']['name'] == 'qlun1' and r['t
 expect 0 --json info qlun1
 py "assert r[0]['graph']['state']['corrupt'] is True"
 
+# job: against the real server (no job driver is needed for these)
+expect 0 job list
+has out "ID"; has out "RATE"
+expect 0 --json job list rawlun
+py "assert r == []"
+expect 1 job pause nosuch
+has err "nosuch"
+expect 1 job wait nosuch --timeout 1
+expect 2 job start rawlun mirror
+has err "needs one TARGET"
+expect 2 job start rawlun stream --sync top
+expect 2 list --speed 5
+
+# job start's request and job list's table (a stand-in server answers)
+cat >"$dir/fakejob.py" <<'PY'
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(2)
+print("ready", flush=True)
+for want in ("job-start", "query-jobs"):
+    c, _ = s.accept(); f = c.makefile("rw")
+    f.write('{"qlun": {"version": "0"}}\n'); f.flush()
+    req = json.loads(f.readline())
+    assert req["execute"] == want, req
+    if want == "job-start":
+        assert req["arguments"] == {"lun": "d1", "type": "mirror", "id": "m1",
+            "speed": 50 << 20, "target": "/dev/loop7", "format": "raw",
+            "sync": "full", "existing": True, "granularity": 65536}, req
+        f.write('{"return": {"id": "m1"}}\n')
+    else:
+        f.write(json.dumps({"return": [{"id": "m1", "type": "mirror", "lun": "d1",
+            "status": "running", "result": None, "done": 1 << 30,
+            "total": 4 << 30, "speed": 0, "rate": 100 << 20}]}) + "\n")
+    f.flush(); c.close()
+PY
+python3 "$dir/fakejob.py" "$dir/fakejob.sock" >"$dir/fakejob.out" &
+fake_pid=$!
+for _ in $(seq 50); do grep -q ready "$dir/fakejob.out" && break; sleep 0.1; done
+expect 0 --socket "$dir/fakejob.sock" job start d1 mirror /dev/loop7 --format raw --sync full --existing --granularity 64K --speed 50M --id m1
+has out "m1"
+expect 0 --socket "$dir/fakejob.sock" job list
+wait "$fake_pid" || bad "the stand-in server saw a wrong job request"
+has out "m1"; has out "mirror"; has out "running"; has out "1.0 GiB/4.0 GiB"
+has out "25.0%"; has out "100.0 MiB/s"
+
 # snapshot-internal list's table with fixed dates (a stand-in server
 # answers it), with an event arriving before the reply
 cat >"$dir/fake.py" <<'PY'

@@ -122,7 +122,7 @@ int main(void)
     char out[QLUN_CFGSTRING_MAX + 1];
     CHECK_EQ(qlun_config_with_top("qlun//d/a.img;format=raw;cache=none;"
                                   "serial=old;soft_threshold=80%",
-                                  "/d/ov.qcow2", "s1", "/d", out,
+                                  "/d/ov.qcow2", NULL, "s1", "/d", out,
                                   sizeof(out)), 0);
     CHECK(strcmp(out, "qlun//d/ov.qcow2;cache=none;soft_threshold=80%;"
                       "serial=s1;backing_root=/d") == 0);
@@ -131,7 +131,8 @@ int main(void)
           strcmp(cfg.format, "qcow2") == 0 && cfg.cache == QLUN_CACHE_NONE &&
           strcmp(cfg.serial, "s1") == 0 &&
           strcmp(cfg.backing_root, "/d") == 0);
-    CHECK_EQ(qlun_config_with_top("qlun//a.img", "/b.qcow2", "0123abcd", "/",
+    CHECK_EQ(qlun_config_with_top("qlun//a.img", "/b.qcow2", "qcow2",
+                                  "0123abcd", "/",
                                   out, sizeof(out)), 0);
     CHECK(strcmp(out, "qlun//b.qcow2;serial=0123abcd;backing_root=/") == 0);
     /* What LIO cannot keep, or the parser could not read back. */
@@ -139,9 +140,9 @@ int main(void)
     memset(longpath, 'x', sizeof(longpath) - 1);
     longpath[0] = '/';
     longpath[sizeof(longpath) - 1] = 0;
-    CHECK_EQ(qlun_config_with_top("qlun//a.img", longpath, "s", "/", out,
+    CHECK_EQ(qlun_config_with_top("qlun//a.img", longpath, NULL, "s", "/", out,
                                   sizeof(out)), -ENAMETOOLONG);
-    CHECK_EQ(qlun_config_with_top("qlun//a.img", "/a;b", "s", "/", out,
+    CHECK_EQ(qlun_config_with_top("qlun//a.img", "/a;b", NULL, "s", "/", out,
                                   sizeof(out)), -EINVAL);
     /* Throttle limits: rates (bytes with suffixes), bursts, a group. */
     CHECK_EQ(parse("qlun//a.img", &cfg, err), 0);
@@ -238,5 +239,25 @@ int main(void)
     CHECK(strcmp(out, "qlun//a.img;copy_on_read=on") == 0);
     CHECK_EQ(qlun_config_with_option("qlun//a.img", "k", longpath, out,
                                      sizeof(out)), -ENAMETOOLONG);
+    /* After a mirror's pivot onto a raw block device: the format is
+     * named (else a restart would open the device as qcow2), the serial
+     * and root stay, the other options too; it parses back to that. */
+    CHECK_EQ(qlun_config_with_top("qlun//d/a.qcow2;cache=none;"
+                                  "serial=s9;backing_root=/d", "/dev/loop3",
+                                  "raw", "s9", "/d", out, sizeof(out)), 0);
+    CHECK(strcmp(out, "qlun//dev/loop3;cache=none;format=raw;serial=s9;"
+                      "backing_root=/d") == 0);
+    CHECK_EQ(parse(out, &cfg, err), 0);
+    CHECK(strcmp(cfg.path, "/dev/loop3") == 0 &&
+          strcmp(cfg.format, "raw") == 0 && cfg.cache == QLUN_CACHE_NONE &&
+          strcmp(cfg.serial, "s9") == 0 &&
+          strcmp(cfg.backing_root, "/d") == 0);
+    /* ... and back from raw to qcow2 (an old format= is dropped). */
+    CHECK_EQ(qlun_config_with_top("qlun//d/a.raw;format=raw;serial=s9",
+                                  "/d/b.qcow2", "qcow2", "s9", "/d", out,
+                                  sizeof(out)), 0);
+    CHECK(strcmp(out, "qlun//d/b.qcow2;serial=s9;backing_root=/d") == 0);
+    CHECK_EQ(parse(out, &cfg, err), 0);
+    CHECK(strcmp(cfg.format, "qcow2") == 0);
     return check_summary("test_config");
 }

@@ -1,5 +1,7 @@
 /* Unit tests: scsi/ driven with CDBs over an in-memory image. */
 #include <errno.h>
+#include <pthread.h>
+#include <time.h>
 
 #include "common/util.h"
 #include "scsi/scsi.h"
@@ -479,6 +481,47 @@ static void test_4k(void)
     image_close(&m->img);
 }
 
+struct reader {
+    struct scsi_lun *lun;
+    int status;
+};
+
+static void *read_one_block(void *arg)
+{
+    struct reader *r = arg;
+    uint8_t c[10], b[512];
+    cdb_rw10(c, 0x28, 0, 1, 0);
+    struct iovec iov = { b, sizeof(b) };
+    struct scsi_cmd cmd = { .cdb = c, .cdb_len = 10, .iov = &iov,
+                            .iovcnt = 1 };
+    r->status = scsi_lun_exec(r->lun, &cmd);
+    return NULL;
+}
+
+/* scsi_lun_in_flight counts a command from its entry into scsi_lun_exec
+ * to its return, a command held off by a drain included (a job yields to
+ * it), and nothing once it has returned. */
+static void test_in_flight(struct scsi_lun *lun)
+{
+    CHECK_EQ(scsi_lun_in_flight(lun), 0);
+    scsi_lun_drain_begin(lun);
+    struct reader r = { .lun = lun, .status = -1 };
+    pthread_t t;
+    CHECK_EQ(pthread_create(&t, NULL, read_one_block, &r), 0);
+    /* The reader waits for the drain; it must show as in flight. */
+    unsigned seen = 0;
+    for (int i = 0; i < 5000 && !seen; i++) {
+        seen = scsi_lun_in_flight(lun);
+        if (!seen)
+            nanosleep(&(struct timespec){ 0, 1000000 }, NULL);
+    }
+    CHECK_EQ(seen, 1);
+    scsi_lun_drain_end(lun);
+    pthread_join(t, NULL);
+    CHECK_EQ(r.status, SCSI_STATUS_GOOD);
+    CHECK_EQ(scsi_lun_in_flight(lun), 0);
+}
+
 int main(void)
 {
     struct memimage *m = memimage_new((uint64_t)BLOCKS * 512);
@@ -496,6 +539,7 @@ int main(void)
     test_read_only();
     test_became_corrupt();
     test_4k();
+    test_in_flight(lun);
 
     scsi_lun_free(lun);
     image_close(&m->img);
