@@ -7,7 +7,7 @@
 #   jobs_overlay IMG BACKING BFMT SEED S E ...  new qcow2 over BACKING, data in [S,E) MiB
 #   jobs_layer_data IMG [FMT]      bytes of data the image itself holds (not its backing)
 #   jobs_img_sha IMG               sha256 of an image's guest content
-#   jobs_run LABEL LUN SEED DATA WHAT [--pivot|--cancel] -- JOB_ARGS...
+#   jobs_run LABEL LUN SEED DATA_CMD WHAT [--pivot|--cancel] -- JOB_ARGS...
 #                                  fio without a job, then fio with the job; figures
 #   jobs_after LABEL LUN TOP FMT CHAIN IMAGES   checks while the LUN serves
 #   jobs_offline LABEL TOP FMT CHAIN IMAGES     the same with tcmu-runner stopped
@@ -36,6 +36,7 @@ jobs_overlay() {
     jobs_fill "$img" qcow2 "$@"
 }
 
+jobs_layers_data() { local f s=0; for f in "$@"; do s=$((s + $(jobs_layer_data "$f"))); done; echo "$s"; }
 jobs_layer_data() {
     qemu-img map -U --output=json ${2:+-f "$2"} "$1" 2>>"$OUT/map-errors.txt" |
         jq '[.[] | select(.depth == 0 and .data) | .length] | add // 0'
@@ -82,13 +83,14 @@ jobs_field() {
         jq -r --arg id "$1" --arg f "$2" '.[] | select(.id == $id) | .[$f] // empty'
 }
 
-# jobs_run LABEL LUN SEED DATA WHAT [--pivot|--cancel] -- JOB_ARGS...
+# jobs_run LABEL LUN SEED DATA_CMD WHAT [--pivot|--cancel] -- JOB_ARGS...
 # fio alone on the LUN for FIO_SECS; then fio again and, 2 s into it,
 # `qlunctl job start LUN JOB_ARGS --id LABEL`, waited for (--pivot: ready,
 # complete, concluded; --cancel: ready, cancel, concluded).  Both fio runs
-# must verify.  Figure: wall time, bytes done vs DATA, IOPS with and without.
+# must verify.  Figure: wall time, bytes done vs the output of DATA_CMD
+# (the layers' data, run just before the job starts), IOPS with and without.
 jobs_run() {
-    local label=$1 lun=$2 seed=$3 data=$4 what=$5 mode=
+    local label=$1 lun=$2 seed=$3 data_cmd=$4 what=$5 mode= data
     shift 5
     [ "$1" = --pivot ] || [ "$1" = --cancel ] && { mode=$1; shift; }
     [ "$1" = -- ] && shift
@@ -98,6 +100,7 @@ jobs_run() {
     jobs_fio "$label-job" "$dev" $((seed + 100)) &
     fpid=$!
     sleep 2
+    data=$($data_cmd)
     j0=$(thin_now)
     if rig_check "$label: qlunctl job start $lun $* --id $label" \
             ctl job start "$lun" "$@" --id "$label" >"$OUT/job-$label.txt" 2>&1; then
@@ -249,4 +252,12 @@ jobs_cor() {
     jobs_check_images cor serving "$top" "$base"
     rig_check "cor: qemu-img compare top.qcow2 base.qcow2 (LUN serving)" \
         bash -c "qemu-img compare -U '$top' '$base' >'$OUT/compare-cor-top-base.txt' 2>&1"
+}
+
+# jobs_top_holds LABEL TOP BYTES: the top itself (qemu-img map, depth 0)
+# holds at least BYTES of data
+jobs_top_holds() {
+    local got; got=$(jobs_layer_data "$2")
+    [ "$got" -ge "$3" ] && rig_pass "$1: the top itself holds $(thin_mib "$got") of data (qemu-img map), >= the $(thin_mib "$3") streamed" \
+        || rig_fail "$1: the top holds the streamed data" "top $got < $3"
 }

@@ -15,6 +15,6 @@ set -u
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 . "$HERE/host-lib.sh"
-e2e_begin jobs 780
+e2e_begin jobs 1200
 QLUN_RIG_WORKDIR=$WORK "$HERE/rig.sh" --disk 2G "$HERE/guest/jobs.sh"
 e2e_finish jobs $?
