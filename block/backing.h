@@ -20,6 +20,13 @@ int image_open_node(const struct block_driver *drv,
                     const struct image_open_opts *opts, unsigned depth,
                     struct image **out, char *err, size_t errlen);
 
+/* The same without its backing chain: the node alone (with its file
+ * child), backing_name set but not opened (image_reopen gives it the old
+ * node's backing child). */
+int image_open_layer(const struct block_driver *drv,
+                     const struct image_open_opts *opts, unsigned depth,
+                     struct image **out, char *err, size_t errlen);
+
 /* Resolve img->backing_name (relative to img's directory, realpath),
  * refuse it outside the backing root (opts->backing_root, else the
  * directory of the top image) or deeper than IMAGE_MAX_CHAIN_DEPTH, pick

@@ -28,7 +28,8 @@ enum copy_zero_mode {
  * layers of src's chain above base (NULL: the whole chain), extent by
  * extent (image_block_status_above): DATA is read from src and written to
  * dst; ranges no layer above base allocates are left alone in dst (they
- * read the same through base); ranges that read as zeros follow zero_mode
+ * read the same through base; with base NULL they read as zeros and are
+ * handled as zero ranges); ranges that read as zeros follow zero_mode
  * and are never written as data where dst->info.can_zero.  buf (bufsize
  * bytes, aligned for direct I/O: at least 4096) is the bounce buffer; a
  * range longer than it is copied in pieces.  *copied (optional) gets the

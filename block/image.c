@@ -54,9 +54,9 @@ static struct image *new_node(const struct block_driver *drv,
     return img;
 }
 
-int image_open_node(const struct block_driver *drv,
-                    const struct image_open_opts *opts, unsigned depth,
-                    struct image **out, char *err, size_t errlen)
+int image_open_layer(const struct block_driver *drv,
+                     const struct image_open_opts *opts, unsigned depth,
+                     struct image **out, char *err, size_t errlen)
 {
     assert(!drv->is_filter);
     struct image *img = new_node(drv, opts->path, opts->read_only);
@@ -77,6 +77,18 @@ int image_open_node(const struct block_driver *drv,
     }
     if (!img->info.format)
         img->info.format = drv->name;
+    *out = img;
+    return 0;
+}
+
+int image_open_node(const struct block_driver *drv,
+                    const struct image_open_opts *opts, unsigned depth,
+                    struct image **out, char *err, size_t errlen)
+{
+    struct image *img;
+    int ret = image_open_layer(drv, opts, depth, &img, err, errlen);
+    if (ret < 0)
+        return ret;
     if (img->backing_name) {
         ret = image_open_backing(img, opts, depth, err, errlen);
         if (ret < 0) {

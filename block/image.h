@@ -168,6 +168,15 @@ struct image_ops {
      * NULL when there are none); the caller frees it. */
     int (*snapshot_list)(struct image *img, struct image_snapshot_info **out,
                          size_t *n);
+
+    /* Make the image name the backing file name (NULL: none) with format
+     * format (NULL: not recorded), durably, so that a crash leaves the
+     * old name or the new one (image_set_backing flushes img first and
+     * updates img->backing_name and the graph after).  Only with no
+     * request in flight on img.  Optional: without it, the format cannot
+     * name a backing file and image_set_backing says -ENOTSUP. */
+    int (*change_backing_file)(struct image *img, const char *name,
+                               const char *format);
 };
 
 /* Run-time state bits (image_state()).  A driver sets them with

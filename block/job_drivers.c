@@ -14,6 +14,9 @@ static const struct {
     const struct job_driver *active; /* for the LUN's top, if different */
 } table[] = {
     { NULL, NULL, NULL }, /* the drivers land here: stream, commit, mirror */
+    /* active: active_commit_job_driver once block/mirror.c lands; until
+     * then commit_job_driver refuses the LUN's top itself. */
+    { "commit", &commit_job_driver, NULL },
 };
 
 /* Whether p names the LUN's top (or no top: commit's default). */

@@ -42,6 +42,13 @@ void qlun_dev_backing_root(const struct qlun_dev *d, char *out, size_t len)
         *slash = 0;
 }
 
+uint64_t qlun_dev_soft_threshold(const struct qlun_dev *d, uint64_t lun_bytes)
+{
+    if (d->cfg.soft_threshold_percent)
+        return lun_bytes / 100 * d->cfg.soft_threshold_percent;
+    return d->cfg.soft_threshold_bytes;
+}
+
 int qlun_dev_open_image(const struct qlun_dev *d, const char *path,
                         const char *format, struct image **out, char *err,
                         size_t errlen)
@@ -124,9 +131,7 @@ int qlun_dev_open(const struct qlun_dev_params *p, struct qlun_dev **out,
         .read_only = d->cfg.read_only,
         .write_cache = d->cfg.cache == QLUN_CACHE_WRITEBACK ||
                        d->cfg.cache == QLUN_CACHE_NONE,
-        .soft_threshold = d->cfg.soft_threshold_percent
-            ? lun_bytes / 100 * d->cfg.soft_threshold_percent
-            : d->cfg.soft_threshold_bytes,
+        .soft_threshold = qlun_dev_soft_threshold(d, lun_bytes),
     };
     ret = scsi_lun_new(&lc, &d->lun);
     if (ret < 0) {

@@ -113,6 +113,10 @@ int qlun_dev_close(struct qlun_dev *d);
  * backing_root=, else the directory of the image the cfgstring named
  * (which stays the root after snapshots move the top elsewhere). */
 void qlun_dev_backing_root(const struct qlun_dev *d, char *out, size_t len);
+/* The host use at which a LUN of lun_bytes raises the soft-threshold unit
+ * attention (soft_threshold=: bytes, or a percentage of the LUN's size,
+ * which follows a resize); 0 = none. */
+uint64_t qlun_dev_soft_threshold(const struct qlun_dev *d, uint64_t lun_bytes);
 /* Open an image with the LUN's options (cache mode, caches, root). */
 int qlun_dev_open_image(const struct qlun_dev *d, const char *path,
                         const char *format, struct image **out, char *err,

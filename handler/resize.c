@@ -78,6 +78,8 @@ static int resize_serialised(struct qlun_dev *d, uint64_t new_size,
             scsi_lun_resize(d->lun, new_size / bs);
         else
             scsi_lun_set_capacity(d->lun, new_size / bs);
+        scsi_lun_set_soft_threshold(d->lun,
+                                    qlun_dev_soft_threshold(d, new_size));
     }
     scsi_lun_drain_end(d->lun);
     return ret;

@@ -1077,4 +1077,5 @@ const struct image_ops qcow2_ops = {
     .snapshot_create = qcow2_snapshot_create,
     .snapshot_delete = qcow2_snapshot_delete,
     .snapshot_list = qcow2_snapshot_list,
+    .change_backing_file = qcow2_change_backing_file,
 };

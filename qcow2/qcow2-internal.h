@@ -15,6 +15,7 @@
  *   io.c        readv/writev/zero/discard/block_status/flush/close,
  *               the guest range lock
  *   resize.c    changing the virtual size (L1 growth, guarded shrink)
+ *   backing_file.c  naming a new backing file (cluster 0 rewrite)
  *
  * Locking.  q->lock (the "metadata lock") protects every field below that
  * is not constant after open: the L1 table, the refcount table, both
@@ -273,6 +274,12 @@ void qcow2_free(struct qcow2 *q);
 /* Before the first modification: clear autoclear bits, set the dirty bit
  * under lazy refcounts.  Idempotent.  Lock held. */
 int qcow2_prepare_write(struct qcow2 *q);
+
+/* ---- backing_file.c ---- */
+
+/* struct image_ops.change_backing_file. */
+int qcow2_change_backing_file(struct image *img, const char *name,
+                              const char *format);
 
 /* ---- snapshot.c ---- */
 

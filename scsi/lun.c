@@ -127,6 +127,12 @@ void scsi_lun_resize(struct scsi_lun *lun, uint64_t new_num_blocks)
     scsi_lun_raise_ua(lun, LUN_UA_CAPACITY_CHANGED);
 }
 
+void scsi_lun_set_soft_threshold(struct scsi_lun *lun, uint64_t bytes)
+{
+    assert(lun->draining);
+    lun->soft_threshold = bytes;
+}
+
 void scsi_lun_set_image(struct scsi_lun *lun, struct image *img)
 {
     assert(lun->draining);

@@ -91,6 +91,10 @@ void scsi_lun_resize(struct scsi_lun *lun, uint64_t new_num_blocks);
  * capacity change itself (tcmu-runner does after a dev_size reconfig). */
 void scsi_lun_set_capacity(struct scsi_lun *lun, uint64_t new_num_blocks);
 
+/* Under the drain: raise the soft-threshold unit attention once host use
+ * reaches bytes (0: never) from now on; one already raised stays so. */
+void scsi_lun_set_soft_threshold(struct scsi_lun *lun, uint64_t bytes);
+
 /* Under the drain: serve img from now on (img borrowed, as in
  * scsi_lun_config; the caller closes the old one after drain_end).  It
  * must hold at least num_blocks blocks. */

@@ -282,7 +282,8 @@ static void test_dev_resize_raw(void)
     int fd = open(img, O_CREAT | O_RDWR | O_TRUNC, 0644);
     CHECK(fd >= 0 && ftruncate(fd, 8 << 20) == 0);
     close(fd);
-    snprintf(cfg, sizeof(cfg), "qlun/%s;format=raw;stats=off", img);
+    snprintf(cfg, sizeof(cfg), "qlun/%s;format=raw;stats=off;"
+             "soft_threshold=50%%", img);
     struct qlun_dev *d = open_dev(cfg, 16384);
     CHECK(d != NULL);
     if (!d)
@@ -292,8 +293,14 @@ static void test_dev_resize_raw(void)
     CHECK(strstr(err, "multiple") != NULL);
     CHECK_EQ(qlun_dev_resize(d, 0, false, err, sizeof(err)), -EINVAL);
 
+    struct scsi_lun_info li;
+    scsi_lun_get_info(d->lun, &li);
+    CHECK_EQ(li.soft_threshold, (8 << 20) / 100 * 50);
     CHECK_EQ(qlun_dev_resize(d, 12 << 20, false, err, sizeof(err)), 0);
     CHECK_EQ(file_size(img), 12 << 20);
+    /* A percentage threshold follows the size. */
+    scsi_lun_get_info(d->lun, &li);
+    CHECK_EQ(li.soft_threshold, (12 << 20) / 100 * 50);
     CHECK_EQ(scsi_lun_num_blocks(d->lun), 24576);
     CHECK(capacity_ua_next(d));
     CHECK(!capacity_ua_next(d));
