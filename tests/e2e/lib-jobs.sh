@@ -261,3 +261,23 @@ jobs_top_holds() {
     [ "$got" -ge "$3" ] && rig_pass "$1: the top itself holds $(thin_mib "$got") of data (qemu-img map), >= the $(thin_mib "$3") streamed" \
         || rig_fail "$1: the top holds the streamed data" "top $got < $3"
 }
+
+# jobs_guest_script SCRIPT: run another test's guest script (one that starts
+# its own tcmu-runner and stops it at the end) in this boot, in a subshell
+# so that its exit and variables stay its own; its PASS/FAIL lines and
+# figures join ours.
+jobs_guest_script() {
+    local name fig line
+    name=$(basename "$1" .sh)
+    fig=$OUT/$name-figures.txt
+    rm -f "$RIG_SHARE/report.txt" "$fig"
+    ( THIN_FIGURES=$fig; . "$1" )
+    [ -s "$RIG_SHARE/report.txt" ] || rig_fail "$name.sh wrote a report"
+    while IFS= read -r line; do
+        case $line in
+        PASS*) RIG_RESULTS+=("$line") ;;
+        FAIL*) RIG_RESULTS+=("$line"); RIG_NFAIL=$((RIG_NFAIL + 1)) ;;
+        esac
+    done <"$RIG_SHARE/report.txt" 2>/dev/null
+    sed "s/^/$name: /" "$fig" >>"$THIN_FIGURES" 2>/dev/null
+}

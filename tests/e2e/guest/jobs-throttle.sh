@@ -12,9 +12,9 @@
 #    change already runs at the new rate (within 10 %).
 THR_IQN=iqn.2024-01.io.qlun:throttle
 THR_DIR=$RIG_DATA/throttle
-THR_IOPS=${QLUN_THR_IOPS:-100}
-THR_BPS=${QLUN_THR_BPS:-$((1 << 20))}
-THR_GROUP_IOPS=${QLUN_THR_GROUP_IOPS:-100}
+THR_IOPS=${QLUN_THR_IOPS:-40}
+THR_BPS=${QLUN_THR_BPS:-$((2 << 20))}
+THR_GROUP_IOPS=${QLUN_THR_GROUP_IOPS:-40}
 
 # thr_within GOT WANT: |GOT-WANT| <= 10 % of WANT
 thr_within() { awk -v g="$1" -v w="$2" 'BEGIN{d=g-w; if(d<0)d=-d; exit !(d*10 <= w)}'; }

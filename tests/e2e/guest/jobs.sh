@@ -150,16 +150,20 @@ for l in jstream jcommit jmirror jcancel jcor; do
 done
 rig_check "logout" rig_logout "$IQN" >/dev/null
 
-# ---- 7. throttle (its own LUNs, same boot) --------------------------------------------
-# The throttle filter's own rig checks when they are in the tree, else ours.
-if [ -f "$QLUN_REPO/tests/e2e/guest/throttle.sh" ]; then
-    . "$QLUN_REPO/tests/e2e/guest/throttle.sh"
-else
-    . "$QLUN_REPO/tests/e2e/guest/jobs-throttle.sh"
-fi
-
+# ---- 7. throttle (its own target, same boot) -------------------------------------------
+# The jobs' LUNs are closed first: the throttle checks start their own
+# tcmu-runner and LIO configuration.
 rig_clearconfig
 rig_stop_tcmu
+if [ -f "$QLUN_REPO/tests/e2e/guest/throttle.sh" ]; then
+    jobs_guest_script "$QLUN_REPO/tests/e2e/guest/throttle.sh"
+else
+    rig_check "tcmu-runner started for the throttle checks" rig_start_tcmu "$HDIR" &&
+        . "$QLUN_REPO/tests/e2e/guest/jobs-throttle.sh"
+    rig_clearconfig
+    rig_stop_tcmu
+fi
+
 jobs_offline jstream "$DIR/st/top.qcow2" qcow2 "top.qcow2" "$DIR/st/base.raw $DIR/st/mid1.qcow2 $DIR/st/mid2.qcow2"
 jobs_offline jcommit "$DIR/cm/base.qcow2" qcow2 "base.qcow2" "$DIR/cm/mid.qcow2 $DIR/cm/top.qcow2"
 [ -n "$LOOP" ] && jobs_offline jmirror "$LOOP" raw "$(basename "$LOOP")" "$DIR/mr/src.qcow2"
