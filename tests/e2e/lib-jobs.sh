@@ -90,7 +90,7 @@ jobs_field() {
 # must verify.  Figure: wall time, bytes done vs the output of DATA_CMD
 # (the layers' data, run just before the job starts), IOPS with and without.
 jobs_run() {
-    local label=$1 lun=$2 seed=$3 data_cmd=$4 what=$5 mode= data
+    local label=$1 lun=$2 seed=$3 data_cmd=$4 what=$5 mode='' data
     shift 5
     [ "$1" = --pivot ] || [ "$1" = --cancel ] && { mode=$1; shift; }
     [ "$1" = -- ] && shift
@@ -119,7 +119,7 @@ jobs_run() {
     fi
     j1=$(thin_now)
     ctl --json job list "$lun" >"$OUT/joblist-$label.json" 2>&1
-    res=$(jobs_field "$label" result); bytes_done=$(jobs_field "$label" done); total=$(jobs_field "$label" total)
+    res=$(jobs_field "$label" result); bytes_done=$(jobs_field "$label" 'done'); total=$(jobs_field "$label" total)
     local want=completed; [ "$mode" = --cancel ] && want=cancelled
     [ "$res" = "$want" ] && rig_pass "$label: query-jobs result $res" \
         || rig_fail "$label: query-jobs result $want" "got '$res': $(tr '\n' ' ' <"$OUT/job-$label.txt" | cut -c1-200)"
@@ -271,6 +271,7 @@ jobs_guest_script() {
     name=$(basename "$1" .sh)
     fig=$OUT/$name-figures.txt
     rm -f "$RIG_SHARE/report.txt" "$fig"
+    # shellcheck disable=SC1090
     ( THIN_FIGURES=$fig; . "$1" )
     [ -s "$RIG_SHARE/report.txt" ] || rig_fail "$name.sh wrote a report"
     while IFS= read -r line; do
