@@ -162,6 +162,73 @@ static int opt_stats(struct qlun_config *cfg, const char *v)
     return parse_abs_path(cfg->stats_path, sizeof(cfg->stats_path), v);
 }
 
+/* A rate: decimal digits, 0 = no limit.  Bytes per second may take a
+ * suffix K, M, G or T (powers of 1024, as sizes here). */
+static int parse_rate(const char *v, bool bytes, uint64_t *out)
+{
+    char *end;
+    if (!isdigit((unsigned char)v[0]))
+        return -EINVAL;
+    errno = 0;
+    unsigned long long n = strtoull(v, &end, 10);
+    if (errno)
+        return -EINVAL;
+    unsigned shift = 0;
+    if (*end && bytes) {
+        const char *p = strchr("KMGT", *end);
+        if (!p || end[1])
+            return -EINVAL;
+        shift = 10 * (unsigned)(p - "KMGT" + 1);
+    } else if (*end) {
+        return -EINVAL;
+    }
+    if (n > (THROTTLE_VALUE_MAX >> shift))
+        return -EINVAL;
+    *out = (uint64_t)n << shift;
+    return 0;
+}
+
+#define RATE_OPTION(fn, field, dir, bytes)                                  \
+    static int fn(struct qlun_config *cfg, const char *v)                   \
+    {                                                                       \
+        return parse_rate(v, bytes, &cfg->throttle.field[dir]);             \
+    }
+RATE_OPTION(opt_iops, iops, THROTTLE_TOTAL, false)
+RATE_OPTION(opt_iops_rd, iops, THROTTLE_READ, false)
+RATE_OPTION(opt_iops_wr, iops, THROTTLE_WRITE, false)
+RATE_OPTION(opt_bps, bps, THROTTLE_TOTAL, true)
+RATE_OPTION(opt_bps_rd, bps, THROTTLE_READ, true)
+RATE_OPTION(opt_bps_wr, bps, THROTTLE_WRITE, true)
+RATE_OPTION(opt_iops_max, iops_max, THROTTLE_TOTAL, false)
+RATE_OPTION(opt_iops_rd_max, iops_max, THROTTLE_READ, false)
+RATE_OPTION(opt_iops_wr_max, iops_max, THROTTLE_WRITE, false)
+RATE_OPTION(opt_bps_max, bps_max, THROTTLE_TOTAL, true)
+RATE_OPTION(opt_bps_rd_max, bps_max, THROTTLE_READ, true)
+RATE_OPTION(opt_bps_wr_max, bps_max, THROTTLE_WRITE, true)
+
+static int opt_burst_secs(struct qlun_config *cfg, const char *v)
+{
+    uint64_t n;
+    if (parse_rate(v, false, &n) < 0 || n == 0 ||
+        n > THROTTLE_BURST_SECONDS_MAX)
+        return -EINVAL;
+    cfg->throttle.burst_seconds = (unsigned)n;
+    return 0;
+}
+
+static int opt_throttle_group(struct qlun_config *cfg, const char *v)
+{
+    if (!throttle_group_name_ok(v))
+        return -EINVAL;
+    strcpy(cfg->throttle_group, v);
+    return 0;
+}
+
+#define IOPS_EXPECTED "operations per second, 0 = no limit"
+#define BPS_EXPECTED "bytes per second, suffixes K, M, G, T; 0 = no limit"
+#define BURST_EXPECTED "seconds, 1 to 3600"
+#define GROUP_EXPECTED "1 to 32 of A-Z a-z 0-9 _ - ."
+
 /* tcmu-runner reads this one from every cfgstring itself. */
 static int opt_runner_owned(struct qlun_config *cfg, const char *v)
 {
@@ -188,6 +255,27 @@ static const struct {
     { "l2_cache_size", opt_l2_cache_size, CACHE_SIZE_EXPECTED },
     { "refcount_cache_size", opt_refcount_cache_size, CACHE_SIZE_EXPECTED },
     { "tcmur_cmd_time_out", opt_runner_owned, NULL },
+    { "iops", opt_iops, IOPS_EXPECTED },
+    { "iops_rd", opt_iops_rd, IOPS_EXPECTED },
+    { "iops_wr", opt_iops_wr, IOPS_EXPECTED },
+    { "bps", opt_bps, BPS_EXPECTED },
+    { "bps_rd", opt_bps_rd, BPS_EXPECTED },
+    { "bps_wr", opt_bps_wr, BPS_EXPECTED },
+    { "iops_max", opt_iops_max, IOPS_EXPECTED },
+    { "iops_rd_max", opt_iops_rd_max, IOPS_EXPECTED },
+    { "iops_wr_max", opt_iops_wr_max, IOPS_EXPECTED },
+    { "bps_max", opt_bps_max, BPS_EXPECTED },
+    { "bps_rd_max", opt_bps_rd_max, BPS_EXPECTED },
+    { "bps_wr_max", opt_bps_wr_max, BPS_EXPECTED },
+    { "burst_secs", opt_burst_secs, BURST_EXPECTED },
+    { "throttle_group", opt_throttle_group, GROUP_EXPECTED },
+};
+
+/* The options qlun_config_with_throttle() rewrites. */
+static const char *const throttle_options[] = {
+    "iops", "iops_rd", "iops_wr", "bps", "bps_rd", "bps_wr", "iops_max",
+    "iops_rd_max", "iops_wr_max", "bps_max", "bps_rd_max", "bps_wr_max",
+    "burst_secs", "throttle_group",
 };
 
 static int apply_option(struct qlun_config *cfg, char *opt, unsigned *seen,
@@ -222,7 +310,10 @@ static int apply_option(struct qlun_config *cfg, char *opt, unsigned *seen,
     }
     snprintf(err, errlen, "unknown option '%s' (known: format, readonly, "
              "cache, serial, backing_root, soft_threshold, stats, "
-             "l2_cache_size, refcount_cache_size)", opt);
+             "l2_cache_size, refcount_cache_size, iops, iops_rd, iops_wr, "
+             "bps, bps_rd, bps_wr, iops_max, iops_rd_max, iops_wr_max, "
+             "bps_max, bps_rd_max, bps_wr_max, burst_secs, throttle_group)",
+             opt);
     return -EINVAL;
 }
 
@@ -267,6 +358,11 @@ int qlun_config_parse(const char *cfgstring, struct qlun_config *cfg,
         if (ret < 0)
             return ret;
         opts = next;
+    }
+    char why[256];
+    if (throttle_limits_check(&cfg->throttle, why, sizeof(why)) < 0) {
+        snprintf(err, errlen, "bad throttle options: %s", why);
+        return -EINVAL;
     }
     return 0;
 }
@@ -318,5 +414,68 @@ int qlun_config_with_top(const char *cfgstring, const char *top_path,
     if (ret == 0)
         ret = append(out, outlen, &len, ";backing_root=", backing_root,
                      strlen(backing_root));
+    return ret;
+}
+
+static bool is_throttle_option(const char *opt, size_t len)
+{
+    for (size_t i = 0; i < ARRAY_SIZE(throttle_options); i++)
+        if (option_is(opt, len, throttle_options[i]))
+            return true;
+    return false;
+}
+
+/* ";name=value" for each limit of l that is set. */
+static int append_limits(char *out, size_t outlen, size_t *len,
+                         const struct throttle_limits *l)
+{
+    static const char *const names[4][THROTTLE_DIRS] = {
+        { "iops", "iops_rd", "iops_wr" },
+        { "bps", "bps_rd", "bps_wr" },
+        { "iops_max", "iops_rd_max", "iops_wr_max" },
+        { "bps_max", "bps_rd_max", "bps_wr_max" },
+    };
+    const uint64_t *values[4] = { l->iops, l->bps, l->iops_max, l->bps_max };
+    int ret = 0;
+    for (int k = 0; k < 4 && ret == 0; k++) {
+        for (int d = 0; d < THROTTLE_DIRS && ret == 0; d++) {
+            if (!values[k][d])
+                continue;
+            char opt[64];
+            int n = snprintf(opt, sizeof(opt), "%s=%llu", names[k][d],
+                             (unsigned long long)values[k][d]);
+            ret = append(out, outlen, len, ";", opt, (size_t)n);
+        }
+    }
+    if (ret == 0 && l->burst_seconds > 1) {
+        char opt[32];
+        int n = snprintf(opt, sizeof(opt), "burst_secs=%u", l->burst_seconds);
+        ret = append(out, outlen, len, ";", opt, (size_t)n);
+    }
+    return ret;
+}
+
+int qlun_config_with_throttle(const char *cfgstring,
+                              const struct throttle_limits *l,
+                              const char *group, char *out, size_t outlen)
+{
+    outlen = MIN(outlen, (size_t)QLUN_CFGSTRING_MAX + 1);
+    const char *opt = strchr(cfgstring, ';');
+    size_t len = 0;
+    int ret = append(out, outlen, &len, "", cfgstring,
+                     opt ? (size_t)(opt - cfgstring) : strlen(cfgstring));
+    while (ret == 0 && opt) {
+        opt++;
+        const char *end = strchrnul(opt, ';');
+        size_t n = (size_t)(end - opt);
+        if (n && !is_throttle_option(opt, n))
+            ret = append(out, outlen, &len, ";", opt, n);
+        opt = *end ? end : NULL;
+    }
+    if (ret == 0)
+        ret = append_limits(out, outlen, &len, l);
+    if (ret == 0 && group && group[0])
+        ret = append(out, outlen, &len, ";throttle_group=", group,
+                     strlen(group));
     return ret;
 }

@@ -11,6 +11,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "block/throttle.h"
+
 #define QLUN_SUBTYPE "qlun"
 /* LIO keeps a TCMU backstore's config string in 256 bytes (the kernel's
  * TCMU_CONFIG_LEN), the terminating NUL included. */
@@ -44,6 +46,13 @@ struct qlun_config {
      * bytes, 1 .. QLUN_CACHE_SIZE_MAX; 0 = sized from the image. */
     uint64_t l2_cache_size;
     uint64_t refcount_cache_size;
+    /* iops=, iops_rd=, iops_wr=, bps=, bps_rd=, bps_wr=, iops_max=, ...,
+     * burst_secs=: the LUN's throttle limits (block/throttle.h; all 0 =
+     * none), checked together (throttle_limits_check). */
+    struct throttle_limits throttle;
+    /* throttle_group=: the named group the LUN's throttle joins; "" =
+     * its own. */
+    char throttle_group[THROTTLE_GROUP_NAME_MAX + 1];
 };
 
 #define QLUN_CACHE_SIZE_MAX (1ull << 30)
@@ -63,5 +72,14 @@ int qlun_config_parse(const char *cfgstring, struct qlun_config *cfg,
 int qlun_config_with_top(const char *cfgstring, const char *top_path,
                          const char *serial, const char *backing_root,
                          char *out, size_t outlen);
+
+/* The cfgstring of the same LUN with other throttle settings: cfgstring
+ * with its throttle options (iops=... throttle_group=) replaced by those
+ * of l and group (none for a limit of 0 or a group of NULL or "").
+ * Returns 0, or -ENAMETOOLONG if the result would not fit in outlen bytes
+ * or in QLUN_CFGSTRING_MAX. */
+int qlun_config_with_throttle(const char *cfgstring,
+                              const struct throttle_limits *l,
+                              const char *group, char *out, size_t outlen);
 
 #endif

@@ -40,10 +40,14 @@ JsonNode *ctl_snapshot_create(JsonObject *args, struct ctl_error *e);
 JsonNode *ctl_snapshot_internal_create(JsonObject *args, struct ctl_error *e);
 JsonNode *ctl_snapshot_internal_delete(JsonObject *args, struct ctl_error *e);
 JsonNode *ctl_snapshot_internal_list(JsonObject *args, struct ctl_error *e);
+JsonNode *ctl_lun_set_throttle(JsonObject *args, struct ctl_error *e);
 
 /* One node of a LUN's image graph, as an object added to b (ctl_luns.c).
  * filename: the node's host path (struct image does not keep it). */
 void ctl_describe_node(JsonBuilder *b, struct image *img);
+/* A throttle node's limits, group and counters, as the member "throttle"
+ * of the node's object (ctl_throttle.c); nothing for another node. */
+void ctl_describe_throttle(JsonBuilder *b, struct image *img);
 
 /* An error reply line for a request that never reached a command (e.g.
  * an over-long line); g_free it. */

@@ -22,7 +22,7 @@ struct ctl_arg_spec {
     bool required;
 };
 
-#define CTL_MAX_ARGS 4
+#define CTL_MAX_ARGS 16
 
 struct ctl_command {
     const char *name;
@@ -45,6 +45,18 @@ static const struct ctl_command commands[] = {
       { { "lun", ARG_STRING, true }, { "name", ARG_STRING, true } } },
     { "snapshot-internal-list", ctl_snapshot_internal_list,
       { { "lun", ARG_STRING, true } } },
+    { "lun-set-throttle", ctl_lun_set_throttle,
+      { { "lun", ARG_STRING, true },
+        { "iops-total", ARG_UINT, false }, { "iops-read", ARG_UINT, false },
+        { "iops-write", ARG_UINT, false }, { "bps-total", ARG_UINT, false },
+        { "bps-read", ARG_UINT, false }, { "bps-write", ARG_UINT, false },
+        { "iops-total-max", ARG_UINT, false },
+        { "iops-read-max", ARG_UINT, false },
+        { "iops-write-max", ARG_UINT, false },
+        { "bps-total-max", ARG_UINT, false },
+        { "bps-read-max", ARG_UINT, false },
+        { "bps-write-max", ARG_UINT, false },
+        { "burst-seconds", ARG_UINT, false }, { "group", ARG_STRING, false } } },
 };
 
 void ctl_set_error(struct ctl_error *e, const char *class, const char *fmt,

@@ -50,6 +50,7 @@ void ctl_describe_node(JsonBuilder *b, struct image *img)
     add_bool(b, "writes-lost", state & IMAGE_STATE_WRITES_LOST);
     add_bool(b, "read-only", img->info.read_only);
     json_builder_end_object(b);
+    ctl_describe_throttle(b, img);
     json_builder_set_member_name(b, "children");
     json_builder_begin_object(b);
     if (img->file) {

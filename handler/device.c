@@ -120,6 +120,12 @@ int qlun_dev_open(const struct qlun_dev_params *p, struct qlun_dev **out,
         goto fail;
     }
 
+    ret = qlun_dev_throttle_open(d, why, sizeof(why));
+    if (ret < 0) {
+        snprintf(err, errlen, "cannot set up the throttle: %s", why);
+        goto fail;
+    }
+
     pick_serial(&d->cfg, d->serial, sizeof(d->serial));
     snprintf(d->name, sizeof(d->name), "%s", p->name ? p->name : "");
     struct scsi_lun_config lc = {

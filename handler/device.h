@@ -105,6 +105,21 @@ struct image *qlun_dev_switch_top(struct qlun_dev *d, struct image *top);
 /* The top's size changed (image_resize): the filters take it. */
 void qlun_dev_top_resized(struct qlun_dev *d);
 
+/* The LUN's throttle (handler/lun_throttle.c).  At open: put the
+ * throttle filter in its slot when the cfgstring sets a limit or a group
+ * (a group without limits is joined as it is). */
+int qlun_dev_throttle_open(struct qlun_dev *d, char *err, size_t errlen);
+/* Live: the LUN's throttle is now group's (NULL or "": its own), with the
+ * limits l (NULL: the group's as they are; all 0 = none).  Without limits
+ * or a group the filter is taken out; without a filter one is put in.
+ * The new cfgstring is then stored through d->persist: *persisted says
+ * whether it was, and when it was not (too long for LIO, or the write
+ * failed) err says why although the call succeeded.  On failure nothing
+ * changed and err says why. */
+int qlun_dev_set_throttle(struct qlun_dev *d, const struct throttle_limits *l,
+                          const char *group, bool *persisted, char *err,
+                          size_t errlen);
+
 /* Close and free; returns the image's close status (a clean close flushes
  * and, for qcow2, clears the dirty state).  NULL is a no-op. */
 int qlun_dev_close(struct qlun_dev *d);

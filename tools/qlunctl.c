@@ -31,6 +31,11 @@ static const char usage_text[] =
     "                                         external snapshot: new qcow2 overlay on top\n"
     "  snapshot-internal LUN create|delete NAME\n"
     "  snapshot-internal LUN list             qcow2 internal snapshots\n"
+    "  throttle LUN [--iops N] [--iops-read N] [--iops-write N] [--bps N]\n"
+    "           [--bps-read N] [--bps-write N] [--iops-max N] [--bps-max N]\n"
+    "           [--burst-seconds S] [--group NAME]\n"
+    "                                         set a LUN's I/O limits (all of them:\n"
+    "                                         one not given is none; none = off)\n"
     "  events                                 print events until interrupted\n"
     "\n"
     "A LUN is named by its serial or its backstore name.\n"
@@ -46,7 +51,27 @@ static struct {
     gboolean force;
     const char *overlay;
     const char *cluster_size;
+    /* throttle: its limits, as given (NULL: not given) */
+    const char *throttle[9];
+    const char *group;
 } opt;
+
+/* qlunctl throttle's options and lun-set-throttle's arguments, in the
+ * order of opt.throttle; bytes: takes a size suffix. */
+static const struct {
+    const char *option, *arg;
+    bool bytes;
+} throttle_opts[9] = {
+    { "iops", "iops-total", false },
+    { "iops-read", "iops-read", false },
+    { "iops-write", "iops-write", false },
+    { "bps", "bps-total", true },
+    { "bps-read", "bps-read", true },
+    { "bps-write", "bps-write", true },
+    { "iops-max", "iops-total-max", false },
+    { "bps-max", "bps-total-max", true },
+    { "burst-seconds", "burst-seconds", false },
+};
 
 static G_NORETURN void usage_error(const char *fmt, ...) G_GNUC_PRINTF(1, 2);
 static G_NORETURN void usage_error(const char *fmt, ...)
@@ -468,6 +493,52 @@ static JsonNode *run_snapshot_internal(struct session *s, int argc,
                           : "snapshot-internal-delete", end_args(b));
 }
 
+static bool throttle_options_given(void)
+{
+    for (size_t i = 0; i < G_N_ELEMENTS(throttle_opts); i++)
+        if (opt.throttle[i])
+            return true;
+    return opt.group != NULL;
+}
+
+/* The command sets the whole throttle: a limit not given is none; a
+ * group given alone is joined with its limits as they are. */
+static JsonNode *run_throttle(struct session *s, int argc, char **argv)
+{
+    need_args(argv, argc, 1, 1, "throttle LUN [--iops N] ... [--group NAME]");
+    allow_options("throttle", false, false);
+    JsonBuilder *b = lun_args(argv[1]);
+    for (size_t i = 0; i < G_N_ELEMENTS(throttle_opts); i++) {
+        const char *v = opt.throttle[i];
+        uint64_t n;
+        if (!v)
+            continue;
+        if (throttle_opts[i].bytes ? !parse_size(v, &n)
+                                   : !parse_size(v, &n) || !g_ascii_isdigit(
+                                         v[strlen(v) - 1]))
+            usage_error("--%s: '%s' is not %s", throttle_opts[i].option, v,
+                        throttle_opts[i].bytes
+                            ? "a rate in bytes/s (K, M, G, T suffixes)"
+                            : "a whole number");
+        json_builder_set_member_name(b, throttle_opts[i].arg);
+        json_builder_add_int_value(b, (gint64)n);
+    }
+    if (opt.group) {
+        json_builder_set_member_name(b, "group");
+        json_builder_add_string_value(b, opt.group);
+    }
+    return execute(s, "lun-set-throttle", end_args(b));
+}
+
+static void print_throttle(JsonNode *ret)
+{
+    JsonObject *o = JSON_NODE_HOLDS_OBJECT(ret) ? json_node_get_object(ret)
+                                                : NULL;
+    if (o && !json_object_get_boolean_member_with_default(o, "persisted",
+                                                          true))
+        printf("the limits apply now, but %s\n", str_member(o, "warning"));
+}
+
 static JsonNode *run_query(struct session *s, const char *cmd,
                            const char *lun)
 {
@@ -484,13 +555,20 @@ static void parse_options(int *argc, char ***argv)
         { "overlay", 0, 0, G_OPTION_ARG_STRING, &opt.overlay, NULL, NULL },
         { "cluster-size", 0, 0, G_OPTION_ARG_STRING, &opt.cluster_size,
           NULL, NULL },
+        { "group", 0, 0, G_OPTION_ARG_STRING, &opt.group, NULL, NULL },
         { "help", 'h', 0, G_OPTION_ARG_NONE, &help, NULL, NULL },
         { NULL },
     };
+    GOptionEntry throttle_entries[G_N_ELEMENTS(throttle_opts) + 1] = { 0 };
+    for (size_t i = 0; i < G_N_ELEMENTS(throttle_opts); i++)
+        throttle_entries[i] = (GOptionEntry){
+            throttle_opts[i].option, 0, 0, G_OPTION_ARG_STRING,
+            &opt.throttle[i], NULL, NULL };
     g_autoptr(GOptionContext) ctx = g_option_context_new(NULL);
     g_autoptr(GError) e = NULL;
     g_option_context_set_help_enabled(ctx, FALSE);
     g_option_context_add_main_entries(ctx, entries, NULL);
+    g_option_context_add_main_entries(ctx, throttle_entries, NULL);
     if (!g_option_context_parse(ctx, argc, argv, &e))
         usage_error("%s", e->message);
     if (help) {
@@ -524,9 +602,12 @@ int main(int argc, char **argv)
         need_args(argv, argc, 1, 1, strcmp(cmd, "info") == 0 ? "info LUN"
                                                               : "stats LUN");
     } else if (strcmp(cmd, "resize") && strcmp(cmd, "snapshot") &&
-               strcmp(cmd, "snapshot-internal")) {
+               strcmp(cmd, "snapshot-internal") && strcmp(cmd, "throttle")) {
         usage_error("unknown command '%s'", cmd);
     }
+    if (throttle_options_given() && strcmp(cmd, "throttle"))
+        usage_error("%s takes no throttle options (--iops, --bps, ..., "
+                    "--group)", cmd);
     if (strcmp(cmd, "list") == 0 || lun_cmd || strcmp(cmd, "events") == 0)
         allow_options(cmd, false, false);
 
@@ -543,6 +624,8 @@ int main(int argc, char **argv)
         ret = run_resize(&s, argc, argv);
     else if (strcmp(cmd, "snapshot") == 0)
         ret = run_snapshot(&s, argc, argv);
+    else if (strcmp(cmd, "throttle") == 0)
+        ret = run_throttle(&s, argc, argv);
     else
         ret = run_snapshot_internal(&s, argc, argv, &snap_list);
 
@@ -558,6 +641,8 @@ int main(int argc, char **argv)
         print_snapshots(ret);
     else if (strcmp(cmd, "snapshot") == 0)
         print_snapshot(ret);
+    else if (strcmp(cmd, "throttle") == 0)
+        print_throttle(ret);
     json_node_unref(ret);
     g_object_unref(s.in);
     g_object_unref(s.sc);

@@ -85,6 +85,26 @@ expect 0 snapshot-internal qlun1 delete s1
 expect 1 snapshot-internal qlun1 delete s1; has err "no snapshot has that id or name"
 expect 2 snapshot-internal qlun1 frob s1
 expect 2 snapshot-internal qlun1 create
+# throttle: the limits and group show in info's graph; none = off
+expect 0 throttle rawlun --iops-read 300 --bps-write 2M --group g1
+expect 0 --json info rawlun
+py "t = r[0]['graph']['throttle']; assert t['iops-read'] == 300 and t['bps-write'] == 2 << 20 and t['group'] == 'g1' and t['iops-total'] == 0, t"
+py "assert 'iops_rd=300' in r[0]['cfgstring'] and 'throttle_group=g1' in r[0]['cfgstring']"
+expect 0 throttle qlun1 --group g1
+expect 0 --json info qlun1
+py "assert r[0]['graph']['throttle']['iops-read'] == 300"
+expect 0 throttle rawlun --iops 1000 --iops-max 2000 --burst-seconds 3
+expect 0 --json info rawlun
+py "t = r[0]['graph']['throttle']; assert t['iops-total'] == 1000 and t['iops-total-max'] == 2000 and t['burst-seconds'] == 3 and t['group'] is None, t"
+expect 1 throttle rawlun --iops 10 --iops-read 5; has err "cannot be combined"
+expect 1 throttle rawlun --group 'a b'; has err "bad throttle group name"
+expect 2 throttle rawlun --iops 5k; has err "'5k' is not a whole number"
+expect 2 throttle rawlun --bps 5X; has err "is not a rate in bytes/s"
+expect 2 resize rawlun 16M --iops 5; has err "takes no throttle options"
+expect 0 throttle rawlun
+expect 0 throttle qlun1
+expect 0 --json info rawlun
+py "assert 'throttle' not in r[0]['graph'] and r[0]['graph']['driver'] != 'throttle'"
 # errors
 expect 1 info nosuch;            has err "qlunctl: no LUN 'nosuch'"
 expect 1 resize nosuch 1G;       has err "qlunctl: no LUN 'nosuch'"
@@ -93,7 +113,7 @@ expect 2;                        has err "no command given"
 expect 2 --bogus list
 expect 1 --socket "$dir/none.sock" list; has err "qlunctl: cannot connect to $dir/none.sock"
 expect 0 --help
-for c in list info stats resize snapshot snapshot-internal events; do has out "  $c "; done
+for c in list info stats resize snapshot snapshot-internal throttle events; do has out "  $c "; done
 
 # events: a corrupt image shows up, human-readable and as JSON
 "$qlunctl" events >"$dir/ev.out" 2>&1 & events_pid=$!

@@ -143,5 +143,77 @@ int main(void)
                                   sizeof(out)), -ENAMETOOLONG);
     CHECK_EQ(qlun_config_with_top("qlun//a.img", "/a;b", "s", "/", out,
                                   sizeof(out)), -EINVAL);
+    /* Throttle limits: rates (bytes with suffixes), bursts, a group. */
+    CHECK_EQ(parse("qlun//a.img", &cfg, err), 0);
+    CHECK(!throttle_limits_any(&cfg.throttle) && !cfg.throttle_group[0]);
+    CHECK_EQ(parse("qlun//a.img;iops=500;bps=10M;iops_max=2000;bps_max=1G;"
+                   "burst_secs=4;throttle_group=db.tier-1", &cfg, err), 0);
+    CHECK_EQ(cfg.throttle.iops[THROTTLE_TOTAL], 500);
+    CHECK_EQ(cfg.throttle.bps[THROTTLE_TOTAL], 10ull << 20);
+    CHECK_EQ(cfg.throttle.iops_max[THROTTLE_TOTAL], 2000);
+    CHECK_EQ(cfg.throttle.bps_max[THROTTLE_TOTAL], 1ull << 30);
+    CHECK_EQ(cfg.throttle.burst_seconds, 4);
+    CHECK(strcmp(cfg.throttle_group, "db.tier-1") == 0);
+    CHECK_EQ(parse("qlun//a.img;iops_rd=100;iops_wr=50;bps_rd=4096;"
+                   "bps_wr=1K;iops_rd_max=200;bps_wr_max=2K", &cfg, err), 0);
+    CHECK_EQ(cfg.throttle.iops[THROTTLE_READ], 100);
+    CHECK_EQ(cfg.throttle.iops[THROTTLE_WRITE], 50);
+    CHECK_EQ(cfg.throttle.bps[THROTTLE_READ], 4096);
+    CHECK_EQ(cfg.throttle.bps[THROTTLE_WRITE], 1024);
+    CHECK_EQ(cfg.throttle.iops_max[THROTTLE_READ], 200);
+    CHECK_EQ(cfg.throttle.bps_max[THROTTLE_WRITE], 2048);
+    CHECK_EQ(parse("qlun//a.img;iops=0", &cfg, err), 0);   /* 0 = none */
+    CHECK(!throttle_limits_any(&cfg.throttle));
+    /* A group alone: the LUN joins it as it is. */
+    CHECK_EQ(parse("qlun//a.img;throttle_group=g", &cfg, err), 0);
+    static const char *const bad_throttle[] = {
+        "iops=-1", "iops=1k", "iops=", "iops=1.5", "bps=10X", "bps=-5M",
+        "bps=1M1", "iops=1000000000000001", "bps=1000000000T",
+        "burst_secs=0", "burst_secs=3601", "throttle_group=",
+        "throttle_group=a/b", "throttle_group=123456789012345678901234567890123",
+    };
+    for (size_t i = 0; i < sizeof(bad_throttle) / sizeof(bad_throttle[0]);
+         i++) {
+        char s[128];
+        snprintf(s, sizeof(s), "qlun//a.img;%s", bad_throttle[i]);
+        err[0] = 0;
+        CHECK(parse(s, &cfg, err) < 0 && strstr(err, "bad value"));
+    }
+    /* Contradictions, as QEMU refuses them. */
+    static const char *const contradictions[] = {
+        "iops=100;iops_rd=10", "bps=1M;bps_wr=1K", "iops_max=100",
+        "iops=100;iops_max=50", "iops=100;burst_secs=2", "bps_rd_max=1M",
+    };
+    for (size_t i = 0;
+         i < sizeof(contradictions) / sizeof(contradictions[0]); i++) {
+        char s[128];
+        snprintf(s, sizeof(s), "qlun//a.img;%s", contradictions[i]);
+        err[0] = 0;
+        CHECK(parse(s, &cfg, err) < 0 && strstr(err, "bad throttle options"));
+    }
+
+    /* The cfgstring after lun-set-throttle: every other option kept, the
+     * throttle ones replaced; it parses back to the limits. */
+    struct throttle_limits tl = { .iops = { 0, 300, 200 },
+                                  .bps = { 50u << 20 },
+                                  .bps_max = { 100u << 20 },
+                                  .burst_seconds = 3 };
+    CHECK_EQ(qlun_config_with_throttle("qlun//d/a.img;iops=5;cache=none;"
+                                       "throttle_group=x;serial=s",
+                                       &tl, "grp", out, sizeof(out)), 0);
+    CHECK(strcmp(out, "qlun//d/a.img;cache=none;serial=s;iops_rd=300;"
+                      "iops_wr=200;bps=52428800;bps_max=104857600;"
+                      "burst_secs=3;throttle_group=grp") == 0);
+    CHECK_EQ(parse(out, &cfg, err), 0);
+    CHECK(memcmp(&cfg.throttle, &tl, sizeof(tl)) == 0);
+    CHECK(strcmp(cfg.throttle_group, "grp") == 0);
+    struct throttle_limits none = { 0 };
+    CHECK_EQ(qlun_config_with_throttle("qlun//a.img;iops=5;bps=1M", &none,
+                                       NULL, out, sizeof(out)), 0);
+    CHECK(strcmp(out, "qlun//a.img") == 0);
+    char longcfg[260];
+    snprintf(longcfg, sizeof(longcfg), "qlun/%s", longpath + 50);
+    CHECK_EQ(qlun_config_with_throttle(longcfg, &tl, NULL, out, sizeof(out)),
+             -ENAMETOOLONG);
     return check_summary("test_config");
 }
