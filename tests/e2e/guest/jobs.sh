@@ -12,7 +12,8 @@
 #  4. mirror a qcow2 LUN onto a loop device (raw, --existing) and pivot;
 #  5. mirror to a new qcow2 and cancel: the LUN keeps serving the source;
 #  6. copy-on-read over a chain with an empty top (cfgstring, live off/on);
-#  7. throttle: guest/throttle.sh (the throttle filter's rig checks).
+#  7. throttle: guest/throttle.sh (the throttle filter's own rig checks,
+#     run in this boot after the jobs' LUNs are closed).
 # After each job: fio verify passed, qemu-img check of every image, the
 # backing chain as expected, the LUN's content (read through the initiator)
 # == the images (qemu-img compare); the mirror target's allocation ~ the
@@ -155,14 +156,7 @@ rig_check "logout" rig_logout "$IQN" >/dev/null
 # tcmu-runner and LIO configuration.
 rig_clearconfig
 rig_stop_tcmu
-if [ -f "$QLUN_REPO/tests/e2e/guest/throttle.sh" ]; then
-    jobs_guest_script "$QLUN_REPO/tests/e2e/guest/throttle.sh"
-else
-    rig_check "tcmu-runner started for the throttle checks" rig_start_tcmu "$HDIR" &&
-        . "$QLUN_REPO/tests/e2e/guest/jobs-throttle.sh"
-    rig_clearconfig
-    rig_stop_tcmu
-fi
+jobs_guest_script "$QLUN_REPO/tests/e2e/guest/throttle.sh"
 
 jobs_offline jstream "$DIR/st/top.qcow2" qcow2 "top.qcow2" "$DIR/st/base.raw $DIR/st/mid1.qcow2 $DIR/st/mid2.qcow2"
 jobs_offline jcommit "$DIR/cm/base.qcow2" qcow2 "base.qcow2" "$DIR/cm/mid.qcow2 $DIR/cm/top.qcow2"
