@@ -10,7 +10,7 @@
 #   tests/e2e/test-jobs.sh            (CTest calls it like this)
 #
 # Exit: 0 pass, 1 fail, 77 skip.  Env as test-raw-basic.sh;
-# QLUN_JOBS_FIO_SECS (default 15): fio's seconds per job and without one.
+# QLUN_JOBS_FIO_SECS (default 10): fio's seconds per job and without one.
 set -u
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
