@@ -227,18 +227,23 @@ jobs_cor() {
     want=$(jobs_img_sha "$base")
     b32=$(jobs_data_in "$base" qcow2 0 $((32 * M)))
     dd if="$dev" of=/dev/null bs=1M count=32 iflag=direct status=none
+    # The copies are writes like any other: their metadata reaches the
+    # file (what qemu-img map reads) at the next SYNCHRONIZE CACHE.
+    sg_sync "$dev" >/dev/null 2>&1
     got=$(jobs_layer_data "$top")
     [ "$got" -ge "$b32" ] && [ "$got" -le $((b32 + M)) ] \
         && rig_pass "cor: after reading [0,32M) (copy_on_read=on in the cfgstring) the top holds $(thin_mib "$got") = the base's data there" \
         || rig_fail "cor: the top holds the base's data of [0,32M) after reading it" "top $got, base $b32"
     rig_check "cor: qlunctl copy-on-read $lun off" ctl copy-on-read "$lun" off
     dd if="$dev" of=/dev/null bs=1M skip=32 count=16 iflag=direct status=none
+    sg_sync "$dev" >/dev/null 2>&1
     [ "$(jobs_layer_data "$top")" = "$got" ] && rig_pass "cor: off: reading [32M,48M) copies nothing up" \
         || rig_fail "cor: off: reading copies nothing up" "top $(jobs_layer_data "$top"), was $got"
     rig_check "cor: qlunctl copy-on-read $lun on" ctl copy-on-read "$lun" on
     t0=$(thin_now)
     got=$(jobs_dev_sha "$dev")
     local secs; secs=$(thin_since "$t0")
+    sg_sync "$dev" >/dev/null 2>&1
     [ "$got" = "$want" ] && rig_pass "cor: the LUN's content (full read) == the base's" || rig_fail "cor: content unchanged by copy-on-read"
     local bd td t1
     bd=$(jobs_layer_data "$base"); td=$(jobs_layer_data "$top")
