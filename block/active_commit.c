@@ -124,18 +124,11 @@ static int commit_start(struct job *job, const struct job_params *p,
 /* Complete: base becomes the LUN's top; the layers above it close. */
 static int pivot(struct mirror_job *m)
 {
-    struct job_owner *o = &m->job.owner;
-    o->drain_begin(o->opaque);
-    int ret = mirror_engine_catch_up(m);
-    if (ret < 0) {
-        o->drain_end(o->opaque);
-        return ret;
-    }
-    struct image *old = o->switch_top(o->opaque, m->base);
-    mirror_engine_stop_tracking(m);
-    o->drain_end(o->opaque);
-    image_close_above(old, m->base);
-    return 0;
+    struct image *old;
+    int ret = mirror_engine_pivot(m, m->base, &old);
+    if (ret == 0)
+        image_close_above(old, m->base);
+    return ret;
 }
 
 static int commit_finish(struct job *job, int run_ret)

@@ -204,20 +204,13 @@ static int mirror_start(struct job *job, const struct job_params *p,
  * graph is closed (the target has its own backing chain). */
 static int pivot(struct mirror_job *m)
 {
-    struct job_owner *o = &m->job.owner;
-    o->drain_begin(o->opaque);
-    int ret = mirror_engine_catch_up(m);
-    if (ret < 0) {
-        mirror_engine_stop_tracking(m);
-        o->drain_end(o->opaque);
-        return ret;
+    struct image *old;
+    int ret = mirror_engine_pivot(m, m->target, &old);
+    if (ret == 0) {
+        m->target = NULL; /* the LUN's now */
+        image_close(old);
     }
-    struct image *old = o->switch_top(o->opaque, m->target);
-    mirror_engine_stop_tracking(m);
-    o->drain_end(o->opaque);
-    m->target = NULL; /* the LUN's now */
-    image_close(old);
-    return 0;
+    return ret;
 }
 
 static int mirror_finish(struct job *job, int run_ret)

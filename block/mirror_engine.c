@@ -187,6 +187,20 @@ int mirror_engine_catch_up(struct mirror_job *m)
     return ret;
 }
 
+int mirror_engine_pivot(struct mirror_job *m, struct image *new_top,
+                        struct image **old)
+{
+    struct job_owner *o = &m->job.owner;
+    o->drain_begin(o->opaque);
+    int ret = mirror_engine_catch_up(m);
+    if (ret == 0) {
+        *old = o->switch_top(o->opaque, new_top);
+        mirror_engine_stop_tracking(m);
+    }
+    o->drain_end(o->opaque);
+    return ret;
+}
+
 void mirror_engine_stop_tracking(struct mirror_job *m)
 {
     if (!m->tracking)

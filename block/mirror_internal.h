@@ -48,6 +48,13 @@ int mirror_engine_run(struct job *job);
 /* Under the drain: copy every chunk still dirty (nothing new arrives),
  * then flush the target.  0 or a negative errno after job_set_error. */
 int mirror_engine_catch_up(struct mirror_job *m);
+/* Complete: drain the LUN, copy the last dirty chunks (catch_up), then
+ * the LUN serves new_top and the tracking filter comes out; the drain
+ * ends and *old gets the LUN's old top for the driver to close.  On
+ * failure the LUN still serves the source with tracking on (the driver's
+ * finish undoes it). */
+int mirror_engine_pivot(struct mirror_job *m, struct image *new_top,
+                        struct image **old);
 /* Under the drain: take the filter out of the LUN's job slot. */
 void mirror_engine_stop_tracking(struct mirror_job *m);
 /* For tests: called with the mirror's target node right after it is
