@@ -166,16 +166,22 @@ QT_FN void crash_rec_stop(void)
     crash_npaths = 0;
 }
 
-/* A file in memory. */
+/* A file in memory (b may also come from malloc with cap 0). */
 struct crash_file {
     uint8_t *b;
-    size_t size;
+    size_t size, cap;
 };
 
+/* Grows the buffer geometrically: a replay extends and copies files of
+ * megabytes thousands of times, and under ASan every realloc copies. */
 static void crash_file_resize(struct crash_file *f, size_t size)
 {
-    f->b = realloc(f->b, size ? size : 1);
-    assert(f->b);
+    if (size > f->cap || !f->b) {
+        size_t cap = MAX(MAX(size, f->cap * 2), (size_t)1);
+        f->b = realloc(f->b, cap);
+        assert(f->b);
+        f->cap = cap;
+    }
     if (size > f->size)
         memset(f->b + f->size, 0, size - f->size);
     f->size = size;

@@ -372,10 +372,8 @@ static void crash_point(const struct crash_file *durable, const size_t *pend,
     for (int mode = 0; mode < 4; mode++) {
         size_t reps = mode == 0 ? 1 : npend;
         for (size_t r = 0; r < reps; r++) {
-            w.b = realloc(w.b, durable->size ? durable->size : 1);
-            assert(w.b);
+            crash_file_resize(&w, durable->size);
             memcpy(w.b, durable->b, durable->size);
-            w.size = durable->size;
             for (size_t i = 0; i < npend; i++) {
                 bool take = mode == 0 ? false
                           : mode == 1 ? i <= r      /* prefixes, up to all */
