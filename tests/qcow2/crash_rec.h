@@ -1,9 +1,11 @@
 /* qlun tests — recording the host writes of one file, and replaying every
- * crash of it (the machinery of test_snapshot_crash.c, as a header for
- * other crash tests).
+ * crash of it (shared by the crash tests).
  *
  * crash_rec_start(fd) makes host_sys (block/host.h) record each pwritev,
- * fallocate, ftruncate and fdatasync on fd until crash_rec_stop().
+ * fallocate, ftruncate and fdatasync on fd until crash_rec_stop()
+ * (crash_rec_start_paths: on some files, crash_rec_start_all: on every
+ * fd).  A recorded fdatasync is not issued: durability is what the replay
+ * simulates, and the real one only costs time.
  * crash_replay() then builds, for a crash after each recorded operation,
  * images from what was durable at the last fdatasync plus {all, none, a
  * random subset} of the operations issued since (the page cache may
@@ -25,6 +27,7 @@ enum crash_op_kind { CRASH_WRITE, CRASH_FALLOC, CRASH_TRUNC, CRASH_SYNC };
 struct crash_op {
     enum crash_op_kind kind;
     int file;          /* which recorded file (crash_rec_start_paths) */
+    int fd;            /* the fd it was issued on */
     int mode;
     uint64_t off, len;
     uint8_t *data;
@@ -33,6 +36,7 @@ struct crash_op {
 static struct crash_op *crash_ops;
 static size_t crash_nops, crash_cap;
 static int crash_fd = -1; /* the file recorded; -1: none */
+static bool crash_all;    /* or every fd, all as file 0 */
 /* Or the files recorded by path (whatever fd opens them: a node reopened
  * in place gets a new one). */
 #define CRASH_MAX_FILES 4
@@ -42,6 +46,8 @@ static int crash_npaths;
 /* The recorded file fd writes to: its index, or -1. */
 static int crash_file_of(int fd)
 {
+    if (crash_all)
+        return 0;
     if (crash_fd >= 0)
         return fd == crash_fd ? 0 : -1;
     if (crash_npaths == 0)
@@ -85,7 +91,7 @@ static ssize_t crash_pwritev(int fd, const struct iovec *iov, int cnt,
         assert(d);
         iov_to_buf(iov, cnt, 0, d, (size_t)n);
         crash_push((struct crash_op){ .kind = CRASH_WRITE, .file = file,
-                                      .off = (uint64_t)off,
+                                      .fd = fd, .off = (uint64_t)off,
                                       .len = (uint64_t)n, .data = d });
     }
     return n;
@@ -97,7 +103,7 @@ static int crash_fallocate(int fd, int mode, off_t off, off_t len)
     int file = r == 0 ? crash_file_of(fd) : -1;
     if (file >= 0)
         crash_push((struct crash_op){ .kind = CRASH_FALLOC, .mode = mode,
-                                      .file = file,
+                                      .file = file, .fd = fd,
                                       .off = (uint64_t)off,
                                       .len = (uint64_t)len });
     return r;
@@ -109,16 +115,18 @@ static int crash_ftruncate(int fd, off_t len)
     int file = r == 0 ? crash_file_of(fd) : -1;
     if (file >= 0)
         crash_push((struct crash_op){ .kind = CRASH_TRUNC, .file = file,
-                                      .len = (uint64_t)len });
+                                      .fd = fd, .len = (uint64_t)len });
     return r;
 }
 
 static int crash_fdatasync(int fd)
 {
     int file = crash_file_of(fd);
-    if (file >= 0)
-        crash_push((struct crash_op){ .kind = CRASH_SYNC, .file = file });
-    return fdatasync(fd);
+    if (file < 0)
+        return fdatasync(fd);
+    crash_push((struct crash_op){ .kind = CRASH_SYNC, .file = file,
+                                  .fd = fd });
+    return 0;
 }
 
 /* Record the operations on fd (host_sys hooks; the rest pass through). */
@@ -130,6 +138,14 @@ QT_FN void crash_rec_start(int fd)
     host_sys.fdatasync = crash_fdatasync;
     crash_rec_clear();
     crash_fd = fd;
+    crash_all = false;
+}
+
+/* Record the operations on every fd (op.file 0; op.fd tells them apart). */
+QT_FN void crash_rec_start_all(void)
+{
+    crash_rec_start(-1);
+    crash_all = true;
 }
 
 /* Record the operations on the files at paths (realpaths, n <=
@@ -146,31 +162,41 @@ QT_FN void crash_rec_start_paths(const char *const *paths, int n)
 QT_FN void crash_rec_stop(void)
 {
     crash_fd = -1;
+    crash_all = false;
     crash_npaths = 0;
 }
 
-/* A file in memory. */
+/* A file in memory (b may also come from malloc with cap 0). */
 struct crash_file {
     uint8_t *b;
-    size_t size;
+    size_t size, cap;
 };
 
+/* Grows the buffer geometrically: a replay extends and copies files of
+ * megabytes thousands of times, and under ASan every realloc copies. */
 static void crash_file_resize(struct crash_file *f, size_t size)
 {
-    f->b = realloc(f->b, size ? size : 1);
-    assert(f->b);
+    if (size > f->cap || !f->b) {
+        size_t cap = MAX(MAX(size, f->cap * 2), (size_t)1);
+        f->b = realloc(f->b, cap);
+        assert(f->b);
+        f->cap = cap;
+    }
     if (size > f->size)
         memset(f->b + f->size, 0, size - f->size);
     f->size = size;
 }
 
-static void crash_apply(struct crash_file *f, const struct crash_op *o)
+/* Apply bytes [from, to) of o: a write torn at those bounds (relative to
+ * its start); the other kinds are applied whole. */
+static void crash_apply_part(struct crash_file *f, const struct crash_op *o,
+                             uint64_t from, uint64_t to)
 {
     switch (o->kind) {
     case CRASH_WRITE:
-        if (o->off + o->len > f->size)
-            crash_file_resize(f, o->off + o->len);
-        memcpy(f->b + o->off, o->data, o->len);
+        if (o->off + to > f->size)
+            crash_file_resize(f, o->off + to);
+        memcpy(f->b + o->off + from, o->data + from, to - from);
         break;
     case CRASH_FALLOC: {
         uint64_t end = o->off + o->len;
@@ -189,6 +215,11 @@ static void crash_apply(struct crash_file *f, const struct crash_op *o)
     case CRASH_SYNC:
         break;
     }
+}
+
+static void crash_apply(struct crash_file *f, const struct crash_op *o)
+{
+    crash_apply_part(f, o, 0, o->len);
 }
 
 /* Every crash of the recorded operations over the file's content before

@@ -43,158 +43,54 @@
  * subsets each.  QLUN_CRASH_BUDGET=n sets the CI sample size per
  * configuration; QLUN_SEED varies the workload.
  */
-#include <assert.h>
-#include <linux/falloc.h>
 #include <time.h>
 
-#include "block/host.h"
-#include "common/util.h"
 #include "qcow2/qcow2-internal.h"
-#include "common/iov.h"
-#include "qtest.h"
+#include "crash_rec.h"
 #include "guest_model.h"
 
 /* ------------------------------------------------------------------ */
-/* Recording                                                          */
+/* Recording: host ops by crash_rec.h, guest ops here.                */
 
-enum op_kind {
-    OP_WRITE,   /* host pwritev: off, len, data */
-    OP_FALLOC,  /* host fallocate: mode, off, len */
-    OP_TRUNC,   /* host ftruncate: len */
-    OP_SYNC,    /* host fdatasync */
+/* The host ops are recorded on every fd, so that the replay catches one
+ * on any file but the image. */
+
+enum guest_op_kind {
     G_WRITE,    /* guest write/zero/discard about to be issued: off, len,
                  * data (NULL: zeros) */
     G_FLUSH,    /* a guest flush (or FUA write, or close) completed */
 };
 
-struct op {
-    enum op_kind kind;
-    int fd;
-    int mode;
+struct guest_op {
+    enum guest_op_kind kind;
+    size_t at;  /* host ops recorded before it: it comes before
+                 * crash_ops[at] */
     uint64_t off, len;
     uint8_t *data;
 };
 
-static struct op *ops;
-static size_t nops, ops_cap;
-static bool recording;
+static struct guest_op *gops;
+static size_t ngops, gops_cap;
 
-static void push_op(struct op o)
+static void push_gop(struct guest_op g)
 {
-    if (nops == ops_cap) {
-        ops_cap = ops_cap ? ops_cap * 2 : 1024;
-        ops = realloc(ops, ops_cap * sizeof(*ops));
-        assert(ops);
+    if (ngops == gops_cap) {
+        gops_cap = gops_cap ? gops_cap * 2 : 1024;
+        gops = realloc(gops, gops_cap * sizeof(*gops));
+        assert(gops);
     }
-    ops[nops++] = o;
+    g.at = crash_nops;
+    gops[ngops++] = g;
 }
 
-static void clear_ops(void)
+static void clear_gops(void)
 {
-    for (size_t i = 0; i < nops; i++)
-        free(ops[i].data);
-    nops = 0;
+    for (size_t i = 0; i < ngops; i++)
+        free(gops[i].data);
+    ngops = 0;
 }
 
-static ssize_t rec_pwritev(int fd, const struct iovec *iov, int cnt, off_t off)
-{
-    ssize_t n = pwritev(fd, iov, cnt, off);
-    if (n > 0 && recording) {
-        uint8_t *d = malloc((size_t)n);
-        assert(d);
-        iov_to_buf(iov, cnt, 0, d, (size_t)n);
-        push_op((struct op){ .kind = OP_WRITE, .fd = fd, .off = (uint64_t)off,
-                             .len = (uint64_t)n, .data = d });
-    }
-    return n;
-}
-
-static int rec_fallocate(int fd, int mode, off_t off, off_t len)
-{
-    int r = fallocate(fd, mode, off, len);
-    if (r == 0 && recording)
-        push_op((struct op){ .kind = OP_FALLOC, .fd = fd, .mode = mode,
-                             .off = (uint64_t)off, .len = (uint64_t)len });
-    return r;
-}
-
-static int rec_ftruncate(int fd, off_t len)
-{
-    int r = ftruncate(fd, len);
-    if (r == 0 && recording)
-        push_op((struct op){ .kind = OP_TRUNC, .fd = fd, .len = (uint64_t)len });
-    return r;
-}
-
-/* Durability is what this test simulates, so the real fdatasync is not
- * needed (and would only cost time). */
-static int rec_fdatasync(int fd)
-{
-    if (!recording)
-        return fdatasync(fd);
-    push_op((struct op){ .kind = OP_SYNC, .fd = fd });
-    return 0;
-}
-
-/* ------------------------------------------------------------------ */
-/* A growable byte file image in memory.                              */
-
-struct file {
-    uint8_t *b;
-    size_t size, cap;
-};
-
-static void file_resize(struct file *f, size_t size)
-{
-    if (size > f->cap) {
-        size_t cap = MAX(size, f->cap * 2);
-        f->b = realloc(f->b, cap);
-        assert(f->b);
-        f->cap = cap;
-    }
-    if (size > f->size)
-        memset(f->b + f->size, 0, size - f->size);
-    f->size = size;
-}
-
-static void file_copy(struct file *dst, const struct file *src)
-{
-    file_resize(dst, 0);
-    file_resize(dst, src->size);
-    memcpy(dst->b, src->b, src->size);
-}
-
-/* Apply bytes [from, to) of host op o (write: relative to its start; other
- * kinds are applied whole). */
-static void apply_op(struct file *f, const struct op *o, uint64_t from,
-                     uint64_t to)
-{
-    switch (o->kind) {
-    case OP_WRITE:
-        if (o->off + to > f->size)
-            file_resize(f, o->off + to);
-        memcpy(f->b + o->off + from, o->data + from, to - from);
-        break;
-    case OP_FALLOC: {
-        uint64_t end = o->off + o->len;
-        if (!(o->mode & FALLOC_FL_KEEP_SIZE) && end > f->size)
-            file_resize(f, end);
-        if (o->mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE)) {
-            uint64_t e = MIN(end, (uint64_t)f->size);
-            if (o->off < e)
-                memset(f->b + o->off, 0, e - o->off);
-        }
-        break;
-    }
-    case OP_TRUNC:
-        file_resize(f, o->len);
-        break;
-    default:
-        assert(!"not a host op");
-    }
-}
-
-static bool write_file_sparse(const char *path, const struct file *f)
+static bool write_file_sparse(const char *path, const struct crash_file *f)
 {
     static const uint8_t zero[65536];
     int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
@@ -349,20 +245,20 @@ static void g_write(struct image *img, struct qt_rng *r, uint64_t off,
     uint8_t *copy = malloc(len);
     assert(copy);
     memcpy(copy, d, len);
-    push_op((struct op){ .kind = G_WRITE, .off = off, .len = len,
-                         .data = copy });
+    push_gop((struct guest_op){ .kind = G_WRITE, .off = off, .len = len,
+                                .data = copy });
     int ret = image_write(img, d, len, off, flags);
     if (ret < 0)
         QT_FAIL("write %" PRIu64 "+%" PRIu64 " flags %u: %s", off, len, flags,
                 strerror(-ret));
     else if (flags & IMAGE_FUA)
-        push_op((struct op){ .kind = G_FLUSH });
+        push_gop((struct guest_op){ .kind = G_FLUSH });
     free(d);
 }
 
 static void g_zero(struct image *img, uint64_t off, uint64_t len, int how)
 {
-    push_op((struct op){ .kind = G_WRITE, .off = off, .len = len });
+    push_gop((struct guest_op){ .kind = G_WRITE, .off = off, .len = len });
     int ret = how == 2 ? image_discard(img, off, len)
                        : image_zero(img, off, len, how ? IMAGE_MAY_UNMAP : 0);
     if (ret < 0)
@@ -377,7 +273,7 @@ static void g_flush(struct image *img)
     if (ret < 0)
         QT_FAIL("flush: %s", strerror(-ret));
     else
-        push_op((struct op){ .kind = G_FLUSH });
+        push_gop((struct guest_op){ .kind = G_FLUSH });
 }
 
 /* A random range: sometimes sector- or cluster-aligned, sometimes not;
@@ -458,7 +354,7 @@ struct replay {
     const struct config *c;
     const char *dir;
     char crash[4300], raw[4300];
-    struct file durable, work;
+    struct crash_file durable, work;
     struct model m;
     size_t *pend;
     size_t npend;
@@ -470,7 +366,7 @@ struct replay {
     bool none_checked;
 };
 
-static uint64_t be64_at(const struct file *f, size_t off)
+static uint64_t be64_at(const struct crash_file *f, size_t off)
 {
     return f->size >= off + 8 ? get_be64(f->b + off) : 0;
 }
@@ -630,13 +526,14 @@ enum subset { S_NONE, S_ALL, S_RANDOM, S_PREFIX, S_TORN };
 static void build(struct replay *rp, enum subset mode, char *what,
                   size_t whatlen)
 {
-    file_copy(&rp->work, &rp->durable);
+    crash_file_resize(&rp->work, rp->durable.size);
+    memcpy(rp->work.b, rp->durable.b, rp->durable.size);
     size_t n = rp->npend, cut = n;
     if (mode == S_PREFIX)
         cut = 1 + qt_below(&rp->rng, n - 1);
     unsigned kept = 0, torn = 0;
     for (size_t i = 0; i < n; i++) {
-        const struct op *o = &ops[rp->pend[i]];
+        const struct crash_op *o = &crash_ops[rp->pend[i]];
         bool take;
         switch (mode) {
         case S_NONE: take = false; break;
@@ -644,14 +541,14 @@ static void build(struct replay *rp, enum subset mode, char *what,
         case S_PREFIX: take = i < cut; break;
         default: take = qt_below(&rp->rng, 2); break;
         }
-        if (mode == S_TORN && o->kind == OP_WRITE &&
+        if (mode == S_TORN && o->kind == CRASH_WRITE &&
             (o->off % SECTOR) + o->len > SECTOR) {
             /* Sector by sector (host file sectors), each kept or not. */
             for (uint64_t a = 0; a < o->len;) {
                 uint64_t b = MIN(o->len, ALIGN_UP(o->off + a + 1,
                                                   (uint64_t)SECTOR) - o->off);
                 if (qt_below(&rp->rng, 2)) {
-                    apply_op(&rp->work, o, a, b);
+                    crash_apply_part(&rp->work, o, a, b);
                     torn++;
                 }
                 a = b;
@@ -659,7 +556,7 @@ static void build(struct replay *rp, enum subset mode, char *what,
             continue;
         }
         if (take) {
-            apply_op(&rp->work, o, 0, o->len);
+            crash_apply(&rp->work, o);
             kept++;
         }
     }
@@ -717,23 +614,33 @@ static void crash_point(struct replay *rp, bool last)
 static void replay(struct replay *rp)
 {
     size_t syncs = 0;
-    for (size_t i = 0; i < nops; i++)
-        syncs += ops[i].kind == OP_SYNC;
+    for (size_t i = 0; i < crash_nops; i++)
+        syncs += crash_ops[i].kind == CRASH_SYNC;
     unsigned long budget = 40;
     const char *e = getenv("QLUN_CRASH_BUDGET");
     if (e)
         budget = strtoul(e, NULL, 0);
     /* About 1.7 images per checked point. */
     rp->p = long_mode ? 1.0 : MIN(1.0, budget / (1.7 * (double)(syncs + 1)));
-    rp->pend = malloc(sizeof(size_t) * (nops + 1));
+    rp->pend = malloc(sizeof(size_t) * (crash_nops + 1));
     assert(rp->pend);
     rp->npend = 0;
-    for (size_t i = 0; i < nops; i++) {
-        struct op *o = &ops[i];
+    size_t g = 0; /* the next guest op */
+    for (size_t i = 0; i <= crash_nops; i++) {
+        /* The guest ops issued before host op i go to the model first. */
+        for (; g < ngops && gops[g].at <= i; g++) {
+            if (gops[g].kind == G_WRITE)
+                model_write(&rp->m, gops[g].off, gops[g].len, gops[g].data);
+            else
+                model_flush(&rp->m);
+        }
+        if (i == crash_nops)
+            break;
+        const struct crash_op *o = &crash_ops[i];
         switch (o->kind) {
-        case OP_WRITE:
-        case OP_FALLOC:
-        case OP_TRUNC:
+        case CRASH_WRITE:
+        case CRASH_FALLOC:
+        case CRASH_TRUNC:
             if (o->fd != rp->img_fd) {
                 QT_FAIL("[%s] host op on fd %d, not the image's (%d)",
                         rp->c->name, o->fd, rp->img_fd);
@@ -741,20 +648,13 @@ static void replay(struct replay *rp)
             }
             rp->pend[rp->npend++] = i;
             break;
-        case OP_SYNC:
+        case CRASH_SYNC:
             crash_point(rp, false);
             for (size_t j = 0; j < rp->npend; j++)
-                apply_op(&rp->durable, &ops[rp->pend[j]], 0,
-                         ops[rp->pend[j]].len);
+                crash_apply(&rp->durable, &crash_ops[rp->pend[j]]);
             if (rp->npend)
                 rp->dver++;
             rp->npend = 0;
-            break;
-        case G_WRITE:
-            model_write(&rp->m, o->off, o->len, o->data);
-            break;
-        case G_FLUSH:
-            model_flush(&rp->m);
             break;
         }
     }
@@ -825,26 +725,26 @@ static void run_config(const struct config *c, unsigned idx)
         free(guest);
         return;
     }
-    file_resize(&rp.durable, isize);
+    crash_file_resize(&rp.durable, isize);
     memcpy(rp.durable.b, initial, isize);
     free(initial);
     uint64_t rt_before = be64_at(&rp.durable, HDR_REFTABLE_OFFSET);
 
-    clear_ops();
-    recording = true;
+    clear_gops();
+    crash_rec_start_all();
     qt_direct_io = c->direct;
     qt_l2_cache_bytes = c->l2_cache_bytes;
     int oret = qt_open(img_path, false, NULL, &img);
     qt_direct_io = false;
     qt_l2_cache_bytes = 0;
     if (oret == -EINVAL && c->direct) {
-        recording = false;
+        crash_rec_stop();
         printf("%-55s skipped: no O_DIRECT here\n", c->name);
         free(guest);
         return;
     }
     if (oret < 0) {
-        recording = false;
+        crash_rec_stop();
         QT_FAIL("[%s] open", c->name);
         free(guest);
         return;
@@ -856,12 +756,12 @@ static void run_config(const struct config *c, unsigned idx)
     uint8_t *live = malloc(c->size);
     assert(live);
     memcpy(live, guest, c->size);
-    for (size_t i = 0; i < nops; i++)
-        if (ops[i].kind == G_WRITE) {
-            if (ops[i].data)
-                memcpy(live + ops[i].off, ops[i].data, ops[i].len);
+    for (size_t i = 0; i < ngops; i++)
+        if (gops[i].kind == G_WRITE) {
+            if (gops[i].data)
+                memcpy(live + gops[i].off, gops[i].data, gops[i].len);
             else
-                memset(live + ops[i].off, 0, ops[i].len);
+                memset(live + gops[i].off, 0, gops[i].len);
         }
     qt_compare_image(img, live, c->name);
     free(live);
@@ -870,11 +770,11 @@ static void run_config(const struct config *c, unsigned idx)
         if (ret < 0)
             QT_FAIL("[%s] close: %s", c->name, strerror(-ret));
         else
-            push_op((struct op){ .kind = G_FLUSH });
+            push_gop((struct guest_op){ .kind = G_FLUSH });
     } else {
         qcow2_simulate_crash(img);
     }
-    recording = false;
+    crash_rec_stop();
 
     model_init(&rp.m, guest, c->size);
     free(guest);
@@ -882,7 +782,8 @@ static void run_config(const struct config *c, unsigned idx)
 
     /* Closed cleanly, nothing crashed: not even a leak is acceptable. */
     if (c->end_close) {
-        file_copy(&rp.work, &rp.durable);
+        crash_file_resize(&rp.work, rp.durable.size);
+        memcpy(rp.work.b, rp.durable.b, rp.durable.size);
         int st = write_file_sparse(rp.crash, &rp.work) ? qt_check(rp.crash)
                                                        : -1;
         if (st != 0)
@@ -894,13 +795,13 @@ static void run_config(const struct config *c, unsigned idx)
         QT_FAIL("[%s] the refcount table did not move (no growth tested)",
                 c->name);
     clock_gettime(CLOCK_MONOTONIC, &t1);
-    size_t kinds[G_FLUSH + 1] = { 0 };
-    for (size_t i = 0; i < nops; i++)
-        kinds[ops[i].kind]++;
+    size_t kinds[CRASH_SYNC + 1] = { 0 };
+    for (size_t i = 0; i < crash_nops; i++)
+        kinds[crash_ops[i].kind]++;
     printf("%-55s %4zu fdatasyncs, %5zu writes, %3zu fallocates, %zu "
            "ftruncates; %4lu crash images (%lu reopened, %lu dirty), %lu bad, "
-           "%.1fs\n", c->name, kinds[OP_SYNC], kinds[OP_WRITE],
-           kinds[OP_FALLOC], kinds[OP_TRUNC], rp.images, rp.reopened, rp.dirty,
+           "%.1fs\n", c->name, kinds[CRASH_SYNC], kinds[CRASH_WRITE],
+           kinds[CRASH_FALLOC], kinds[CRASH_TRUNC], rp.images, rp.reopened, rp.dirty,
            rp.failures,
            (double)(t1.tv_sec - t0.tv_sec) +
                (double)(t1.tv_nsec - t0.tv_nsec) / 1e9);
@@ -910,7 +811,8 @@ static void run_config(const struct config *c, unsigned idx)
     model_free(&rp.m);
     free(rp.durable.b);
     free(rp.work.b);
-    clear_ops();
+    crash_rec_clear();
+    clear_gops();
     if (qt_failed == failed_before)
         qt_rmtree(dir);
 }
@@ -920,10 +822,6 @@ int main(void)
     qt_require_qemu();
     long_mode = getenv("QLUN_CRASH_LONG") && *getenv("QLUN_CRASH_LONG") &&
                 strcmp(getenv("QLUN_CRASH_LONG"), "0") != 0;
-    host_sys.pwritev = rec_pwritev;
-    host_sys.fallocate = rec_fallocate;
-    host_sys.ftruncate = rec_ftruncate;
-    host_sys.fdatasync = rec_fdatasync;
     const char *only = getenv("QLUN_CRASH_CONFIG");
     for (unsigned i = 0; i < ARRAY_SIZE(configs); i++) {
         /* QLUN_CRASH_CONFIG=n runs configuration n only (even a long one,
@@ -935,6 +833,7 @@ int main(void)
     }
     printf("%s mode: %lu crash points, %lu crash images checked\n",
            long_mode ? "long" : "CI", points_total, crash_images_total);
-    free(ops);
+    free(crash_ops);
+    free(gops);
     return qt_summary("test_crash_sim");
 }

@@ -21,14 +21,8 @@
  *    clusters out for the new L1 while the header still points there
  *    (the engine's own overlap check then marks the image corrupt).
  */
-#include <assert.h>
-#include <linux/falloc.h>
-
-#include "block/host.h"
-#include "common/util.h"
 #include "qcow2/qcow2-internal.h"
-#include "common/iov.h"
-#include "qtest.h"
+#include "crash_rec.h"
 
 static char dir[4096];
 
@@ -310,78 +304,13 @@ static void test_backing_not_exposed(void)
 
 /* ---- a crash at every host operation of a grow ---- */
 
-enum op_kind { OP_WRITE, OP_TRUNC, OP_SYNC };
-struct op {
-    enum op_kind kind;
-    uint64_t off, len;
-    uint8_t *data;
-};
-static struct op *ops;
-static size_t nops;
-static bool recording;
-
-static void push(struct op o)
-{
-    ops = realloc(ops, (nops + 1) * sizeof(*ops));
-    assert(ops);
-    ops[nops++] = o;
-}
-
-static ssize_t rec_pwritev(int fd, const struct iovec *iov, int cnt, off_t off)
-{
-    ssize_t n = pwritev(fd, iov, cnt, off);
-    if (n > 0 && recording) {
-        uint8_t *d = malloc((size_t)n);
-        assert(d);
-        iov_to_buf(iov, cnt, 0, d, (size_t)n);
-        push((struct op){ OP_WRITE, (uint64_t)off, (uint64_t)n, d });
-    }
-    return n;
-}
-
-static int rec_ftruncate(int fd, off_t len)
-{
-    int r = ftruncate(fd, len);
-    if (r == 0 && recording)
-        push((struct op){ OP_TRUNC, 0, (uint64_t)len, NULL });
-    return r;
-}
-
-static int rec_fdatasync(int fd)
-{
-    if (recording) {
-        push((struct op){ OP_SYNC, 0, 0, NULL });
-        return 0;
-    }
-    return fdatasync(fd);
-}
-
-static int rec_fallocate(int fd, int mode, off_t off, off_t len)
+static int no_fallocate(int fd, int mode, off_t off, off_t len)
 {
     /* A grow punches no holes; a discard of the old L1 would be advisory
      * (the clusters are free): not recorded, not needed. */
     (void)fd, (void)mode, (void)off, (void)len;
     errno = EOPNOTSUPP;
     return -1;
-}
-
-struct file {
-    uint8_t *b;
-    size_t size;
-};
-
-static void apply(struct file *f, const struct op *o)
-{
-    uint64_t end = o->kind == OP_WRITE ? o->off + o->len : o->len;
-    if (end > f->size || o->kind == OP_TRUNC) {
-        f->b = realloc(f->b, end ? end : 1);
-        assert(f->b);
-        if (end > f->size)
-            memset(f->b + f->size, 0, end - f->size);
-        f->size = end;
-    }
-    if (o->kind == OP_WRITE)
-        memcpy(f->b + o->off, o->data, o->len);
 }
 
 static struct {
@@ -391,7 +320,7 @@ static struct {
 
 /* A crash image must check clean (leaks allowed), have the old size or the
  * new one, and read the data written before the grow. */
-static void judge(const struct file *f, const char *what)
+static void judge(const struct crash_file *f, const char *what)
 {
     char path[4300];
     snprintf(path, sizeof(path), "%s/crash.qcow2", dir);
@@ -435,25 +364,23 @@ static void judge(const struct file *f, const char *what)
 
 /* At a sync point: the durable file plus none, all, each prefix, each
  * single pending op, and all but each one. */
-static void crash_point(const struct file *durable, const size_t *pend,
+static void crash_point(const struct crash_file *durable, const size_t *pend,
                         size_t npend)
 {
-    struct file w = { 0 };
+    struct crash_file w = { 0 };
     char what[96];
     for (int mode = 0; mode < 4; mode++) {
         size_t reps = mode == 0 ? 1 : npend;
         for (size_t r = 0; r < reps; r++) {
-            w.b = realloc(w.b, durable->size ? durable->size : 1);
-            assert(w.b);
+            crash_file_resize(&w, durable->size);
             memcpy(w.b, durable->b, durable->size);
-            w.size = durable->size;
             for (size_t i = 0; i < npend; i++) {
                 bool take = mode == 0 ? false
                           : mode == 1 ? i <= r      /* prefixes, up to all */
                           : mode == 2 ? i == r      /* one alone */
                                       : i != r;     /* all but one */
                 if (take)
-                    apply(&w, &ops[pend[i]]);
+                    crash_apply(&w, &crash_ops[pend[i]]);
             }
             snprintf(what, sizeof(what), "%s %zu of %zu pending ops",
                      (const char *[]){ "none", "prefix", "only op",
@@ -484,34 +411,34 @@ static void crash_one(unsigned cluster, bool lazy, bool backing)
         !qt_must("qemu-io -f qcow2 -c 'write -P 0x3c 0 64k' -c 'write -P "
                  "0x3d %" PRIu64 " 4k' '%s'", crash.old - 4096, img))
         return;
-    struct file durable = { 0 };
+    struct crash_file durable = { 0 };
     durable.b = qt_read_file(img, &durable.size);
     struct image *im;
     if (!durable.b || qt_open(img, false, NULL, &im) < 0)
         { QT_FAIL("crash setup"); return; }
-    nops = 0;
-    recording = true;
+    crash_rec_start(file_host(im->file)->fd);
+    host_sys.fallocate = no_fallocate; /* crash_rec_start hooked it */
     int ret = image_resize(im, crash.new, false, err, sizeof(err));
-    recording = false;
+    crash_rec_stop();
     if (ret < 0)
         QT_FAIL("resize: %s", err);
     qcow2_simulate_crash(im);
 
-    size_t *pend = malloc(sizeof(size_t) * (nops + 1)), npend = 0;
+    size_t *pend = malloc(sizeof(size_t) * (crash_nops + 1)), npend = 0;
     unsigned points = 0;
-    for (size_t i = 0; i <= nops; i++) {
-        if (i == nops || ops[i].kind == OP_SYNC) {
+    for (size_t i = 0; i <= crash_nops; i++) {
+        if (i == crash_nops || crash_ops[i].kind == CRASH_SYNC) {
             crash_point(&durable, pend, npend);
             points++;
             for (size_t j = 0; j < npend; j++)
-                apply(&durable, &ops[pend[j]]);
+                crash_apply(&durable, &crash_ops[pend[j]]);
             npend = 0;
         } else {
             pend[npend++] = i;
         }
     }
     /* Everything durable: the new size. */
-    struct file w = durable;
+    struct crash_file w = durable;
     judge(&w, "everything");
     char path[4300];
     snprintf(path, sizeof(path), "%s/crash.qcow2", dir);
@@ -519,11 +446,9 @@ static void crash_one(unsigned cluster, bool lazy, bool backing)
         QT_FAIL("after every op of the grow the size is not the new one");
     printf("grow crash, %u-byte clusters%s%s: %zu host ops, %u sync "
            "points, %u crash images, %u bad\n", cluster, lazy ? ", lazy" : "",
-           backing ? ", raw backing file" : "", nops, points, crash.images,
-           crash.bad);
-    for (size_t i = 0; i < nops; i++)
-        free(ops[i].data);
-    nops = 0;
+           backing ? ", raw backing file" : "", crash_nops, points,
+           crash.images, crash.bad);
+    crash_rec_clear();
     crash.images = crash.bad = 0;
     free(pend);
     free(durable.b);
@@ -532,16 +457,14 @@ static void crash_one(unsigned cluster, bool lazy, bool backing)
 static void test_crash(void)
 {
     struct host_syscalls saved = host_sys;
-    host_sys.pwritev = rec_pwritev;
-    host_sys.ftruncate = rec_ftruncate;
-    host_sys.fdatasync = rec_fdatasync;
-    host_sys.fallocate = rec_fallocate;
+    /* The whole crash part runs on a host without fallocate. */
+    host_sys.fallocate = no_fallocate;
     crash_one(512, false, false);
     crash_one(65536, false, false);
     crash_one(65536, true, false);
     crash_one(65536, false, true);
     host_sys = saved;
-    free(ops);
+    free(crash_ops);
 }
 
 int main(void)

@@ -20,125 +20,10 @@
  * errors here; writing the header before the new table is flushed makes
  * snapshots unreadable.
  */
-#include <assert.h>
-#include <linux/falloc.h>
-
-#include "block/host.h"
-#include "common/util.h"
 #include "qcow2/qcow2-internal.h"
-#include "common/iov.h"
-#include "qtest.h"
+#include "crash_rec.h"
 
-enum op_kind { OP_WRITE, OP_FALLOC, OP_TRUNC, OP_SYNC };
-
-struct op {
-    enum op_kind kind;
-    int mode;
-    uint64_t off, len;
-    uint8_t *data;
-};
-
-static struct op *ops;
-static size_t nops, ops_cap;
-static bool recording;
 static char dir[4096];
-
-static void push_op(struct op o)
-{
-    if (nops == ops_cap) {
-        ops_cap = ops_cap ? ops_cap * 2 : 256;
-        ops = realloc(ops, ops_cap * sizeof(*ops));
-        assert(ops);
-    }
-    ops[nops++] = o;
-}
-
-static void clear_ops(void)
-{
-    for (size_t i = 0; i < nops; i++)
-        free(ops[i].data);
-    nops = 0;
-}
-
-static ssize_t rec_pwritev(int fd, const struct iovec *iov, int cnt, off_t off)
-{
-    ssize_t n = pwritev(fd, iov, cnt, off);
-    if (n > 0 && recording) {
-        uint8_t *d = malloc((size_t)n);
-        assert(d);
-        iov_to_buf(iov, cnt, 0, d, (size_t)n);
-        push_op((struct op){ .kind = OP_WRITE, .off = (uint64_t)off,
-                             .len = (uint64_t)n, .data = d });
-    }
-    return n;
-}
-
-static int rec_fallocate(int fd, int mode, off_t off, off_t len)
-{
-    int r = fallocate(fd, mode, off, len);
-    if (r == 0 && recording)
-        push_op((struct op){ .kind = OP_FALLOC, .mode = mode,
-                             .off = (uint64_t)off, .len = (uint64_t)len });
-    return r;
-}
-
-static int rec_ftruncate(int fd, off_t len)
-{
-    int r = ftruncate(fd, len);
-    if (r == 0 && recording)
-        push_op((struct op){ .kind = OP_TRUNC, .len = (uint64_t)len });
-    return r;
-}
-
-static int rec_fdatasync(int fd)
-{
-    if (recording)
-        push_op((struct op){ .kind = OP_SYNC });
-    return fdatasync(fd);
-}
-
-/* ---- a file in memory ---- */
-
-struct file {
-    uint8_t *b;
-    size_t size;
-};
-
-static void file_resize(struct file *f, size_t size)
-{
-    f->b = realloc(f->b, size ? size : 1);
-    assert(f->b);
-    if (size > f->size)
-        memset(f->b + f->size, 0, size - f->size);
-    f->size = size;
-}
-
-static void apply_op(struct file *f, const struct op *o)
-{
-    switch (o->kind) {
-    case OP_WRITE:
-        if (o->off + o->len > f->size)
-            file_resize(f, o->off + o->len);
-        memcpy(f->b + o->off, o->data, o->len);
-        break;
-    case OP_FALLOC: {
-        uint64_t end = o->off + o->len;
-        if (!(o->mode & FALLOC_FL_KEEP_SIZE) && end > f->size)
-            file_resize(f, end);
-        if (o->mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE)) {
-            uint64_t e = MIN(end, (uint64_t)f->size);
-            if (o->off < e)
-                memset(f->b + o->off, 0, e - o->off);
-        }
-        break;
-    }
-    case OP_TRUNC:
-        file_resize(f, o->len);
-        break;
-    case OP_SYNC:
-        break;
-    }
-}
 
 /* ---- judging one crash image ---- */
 
@@ -174,9 +59,9 @@ static bool qemu_has_snapshot(const char *img, const char *sn)
     return strstr(out, pat) != NULL;
 }
 
-static void judge(const struct file *f, const struct expect *x,
-                  const char *what)
+static void judge(const struct crash_file *f, const char *what, void *ctx)
 {
+    const struct expect *x = ctx;
     char img[4200];
     snprintf(img, sizeof(img), "%s/crash.qcow2", dir);
     images++;
@@ -227,40 +112,6 @@ static void judge(const struct file *f, const struct expect *x,
     free(buf);
 }
 
-/* Crash after each recorded op: durable-at-last-sync plus all, none, or
- * a random subset of the ops since. */
-static void replay(const struct file *base, const struct expect *x,
-                   struct qt_rng *rng)
-{
-    struct file durable = { 0 }, work = { 0 };
-    file_resize(&durable, base->size);
-    memcpy(durable.b, base->b, base->size);
-    size_t since = 0; /* first op after the last sync */
-    for (size_t k = 0; k <= nops; k++) {
-        char what[128];
-        for (int mode = 0; mode < 3; mode++) {
-            if (mode == 1 && since == k)
-                continue; /* nothing pending: same as "all" */
-            file_resize(&work, durable.size);
-            memcpy(work.b, durable.b, durable.size);
-            for (size_t i = since; i < k; i++)
-                if (mode == 0 || (mode == 2 && qt_below(rng, 2)))
-                    apply_op(&work, &ops[i]);
-            snprintf(what, sizeof(what), "crash after op %zu/%zu (%s)", k,
-                     nops, mode == 0 ? "all pending" : mode == 1 ? "none"
-                                                              : "subset");
-            judge(&work, x, what);
-        }
-        if (k < nops && ops[k].kind == OP_SYNC) {
-            for (size_t i = since; i <= k; i++)
-                apply_op(&durable, &ops[i]);
-            since = k + 1;
-        }
-    }
-    free(durable.b);
-    free(work.b);
-}
-
 static void fill(uint8_t *b, size_t n, uint8_t seed)
 {
     for (size_t i = 0; i < n; i++)
@@ -298,15 +149,14 @@ static void scenario(const char *opts, bool compressed, bool create)
     QT_CHECK(image_flush(im) == 0);
 
     size_t blen;
-    struct file base = { 0 };
+    struct crash_file base = { 0 };
     base.b = qt_read_file(img, &blen);
     base.size = blen;
-    clear_ops();
-    recording = true;
+    crash_rec_start(file_host(im->file)->fd);
     char err[256];
     int ret = create ? image_snapshot_create(im, "new", err, sizeof(err))
                      : image_snapshot_delete(im, "old", err, sizeof(err));
-    recording = false;
+    crash_rec_stop();
     QT_CHECK(ret == 0);
     QT_CHECK(image_close(im) == 0);
     QT_CHECK(qt_check(img) == 0);
@@ -320,10 +170,10 @@ static void scenario(const char *opts, bool compressed, bool create)
     struct qt_rng rng;
     qt_rng_seed(&rng, qt_seed());
     unsigned before = images;
-    replay(&base, &x, &rng);
+    crash_replay(&base, &rng, judge, &x);
     printf("%s %s%s: %zu host ops, %u crash images\n",
            create ? "create" : "delete", opts, compressed ? " compressed" : "",
-           nops, images - before);
+           crash_nops, images - before);
     free(base.b);
     free(old);
     free(now);
@@ -333,10 +183,6 @@ static void scenario(const char *opts, bool compressed, bool create)
 int main(void)
 {
     qt_require_qemu();
-    host_sys.pwritev = rec_pwritev;
-    host_sys.fallocate = rec_fallocate;
-    host_sys.ftruncate = rec_ftruncate;
-    host_sys.fdatasync = rec_fdatasync;
     qt_mkdtemp(dir, sizeof(dir), "test_snapshot_crash");
     scenario("cluster_size=65536", false, true);
     scenario("cluster_size=65536", false, false);
@@ -347,8 +193,8 @@ int main(void)
            "%u\n", images, dirty_images, with_snap, without_snap);
     /* Both outcomes must have been seen, or the test proves little. */
     QT_CHECK(with_snap > 0 && without_snap > 0);
-    clear_ops();
-    free(ops);
+    crash_rec_clear();
+    free(crash_ops);
     qt_rmtree(dir);
     return qt_summary("test_snapshot_crash");
 }
