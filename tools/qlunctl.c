@@ -196,9 +196,13 @@ static void connect_server(struct session *s)
 }
 
 /* Send {"execute": cmd, "arguments": args} and return the "return" value
- * (events arriving meanwhile are skipped); an error reply exits 1. */
+ * (events arriving meanwhile are skipped); an error reply exits 1.  The
+ * first request connects: a command checks its arguments before it sends
+ * anything, so a usage error never needs the server. */
 static JsonNode *execute(struct session *s, const char *cmd, JsonNode *args)
 {
+    if (!s->sc)
+        connect_server(s);
     g_autoptr(JsonBuilder) b = json_builder_new();
     json_builder_begin_object(b);
     json_builder_set_member_name(b, "execute");
@@ -827,12 +831,96 @@ static void parse_options(int *argc, char ***argv)
         opt.socket = DEFAULT_SOCKET;
 }
 
+/* ---- the commands ---- */
+
+/* Print a reply (as JSON with --json, else with print; NULL: nothing),
+ * free it; the exit status. */
+static int finish(JsonNode *ret, void (*print)(JsonNode *))
+{
+    if (opt.json)
+        print_json(ret);
+    else if (print)
+        print(ret);
+    json_node_unref(ret);
+    return 0;
+}
+
+static int cmd_list(struct session *s, int argc, char **argv)
+{
+    need_args(argv, argc, 0, 0, "list");
+    allow_options("list", false, false);
+    return finish(run_query(s, "query-luns", NULL), print_list);
+}
+
+static int cmd_info(struct session *s, int argc, char **argv)
+{
+    need_args(argv, argc, 1, 1, "info LUN");
+    allow_options("info", false, false);
+    return finish(run_query(s, "query-luns", argv[1]), print_info);
+}
+
+static int cmd_stats(struct session *s, int argc, char **argv)
+{
+    need_args(argv, argc, 1, 1, "stats LUN");
+    allow_options("stats", false, false);
+    return finish(run_query(s, "query-stats", argv[1]), print_stats);
+}
+
+static G_NORETURN int cmd_events(struct session *s, int argc, char **argv)
+{
+    need_args(argv, argc, 0, 0, "events");
+    allow_options("events", false, false);
+    connect_server(s);
+    watch_events(s);
+}
+
+static int cmd_resize(struct session *s, int argc, char **argv)
+{
+    return finish(run_resize(s, argc, argv), NULL);
+}
+
+static int cmd_snapshot(struct session *s, int argc, char **argv)
+{
+    return finish(run_snapshot(s, argc, argv), print_snapshot);
+}
+
+static int cmd_snapshot_internal(struct session *s, int argc, char **argv)
+{
+    bool list = false;
+    JsonNode *ret = run_snapshot_internal(s, argc, argv, &list);
+    return finish(ret, list ? print_snapshots : NULL);
+}
+
+static int cmd_throttle(struct session *s, int argc, char **argv)
+{
+    return finish(run_throttle(s, argc, argv), print_throttle);
+}
+
+static int cmd_copy_on_read(struct session *s, int argc, char **argv)
+{
+    return finish(run_copy_on_read(s, argc, argv), NULL);
+}
+
+/* Each command checks its arguments (argv[1] is the first), sends its
+ * request and prints the reply; returns the exit status. */
+static const struct {
+    const char *name;
+    int (*run)(struct session *s, int argc, char **argv);
+} commands[] = {
+    { "list", cmd_list },
+    { "info", cmd_info },
+    { "stats", cmd_stats },
+    { "resize", cmd_resize },
+    { "snapshot", cmd_snapshot },
+    { "snapshot-internal", cmd_snapshot_internal },
+    { "throttle", cmd_throttle },
+    { "copy-on-read", cmd_copy_on_read },
+    { "job", run_job },
+    { "events", cmd_events },
+};
+
 int main(int argc, char **argv)
 {
-    struct session s;
-    JsonNode *ret = NULL;
-    bool snap_list = false;
-
     parse_options(&argc, &argv);
     if (argc < 2)
         usage_error("no command given");
@@ -841,65 +929,19 @@ int main(int argc, char **argv)
     const char *cmd = argv[1];
     argc--;
     argv++;
-    bool lun_cmd = strcmp(cmd, "info") == 0 || strcmp(cmd, "stats") == 0;
-    if (strcmp(cmd, "list") == 0 || strcmp(cmd, "events") == 0) {
-        need_args(argv, argc, 0, 0, cmd);
-    } else if (lun_cmd) {
-        need_args(argv, argc, 1, 1, strcmp(cmd, "info") == 0 ? "info LUN"
-                                                              : "stats LUN");
-    } else if (strcmp(cmd, "job") == 0) {
-        connect_server(&s);
-        int rc = run_job(&s, argc, argv);
-        g_object_unref(s.in);
-        g_object_unref(s.sc);
-        return rc;
-    } else if (strcmp(cmd, "resize") && strcmp(cmd, "snapshot") &&
-               strcmp(cmd, "snapshot-internal") && strcmp(cmd, "throttle") &&
-               strcmp(cmd, "copy-on-read")) {
+    size_t i = 0;
+    while (i < G_N_ELEMENTS(commands) && strcmp(cmd, commands[i].name) != 0)
+        i++;
+    if (i == G_N_ELEMENTS(commands))
         usage_error("unknown command '%s'", cmd);
-    }
-    if (throttle_options_given() && strcmp(cmd, "throttle"))
+    if (throttle_options_given() && strcmp(cmd, "throttle") != 0)
         usage_error("%s takes no throttle options (--iops, --bps, ..., "
                     "--group)", cmd);
-    if (strcmp(cmd, "list") == 0 || lun_cmd || strcmp(cmd, "events") == 0)
-        allow_options(cmd, false, false);
-
-    connect_server(&s);
-    if (strcmp(cmd, "events") == 0)
-        watch_events(&s);
-    if (strcmp(cmd, "list") == 0)
-        ret = run_query(&s, "query-luns", NULL);
-    else if (strcmp(cmd, "info") == 0)
-        ret = run_query(&s, "query-luns", argv[1]);
-    else if (strcmp(cmd, "stats") == 0)
-        ret = run_query(&s, "query-stats", argv[1]);
-    else if (strcmp(cmd, "resize") == 0)
-        ret = run_resize(&s, argc, argv);
-    else if (strcmp(cmd, "snapshot") == 0)
-        ret = run_snapshot(&s, argc, argv);
-    else if (strcmp(cmd, "throttle") == 0)
-        ret = run_throttle(&s, argc, argv);
-    else if (strcmp(cmd, "copy-on-read") == 0)
-        ret = run_copy_on_read(&s, argc, argv);
-    else
-        ret = run_snapshot_internal(&s, argc, argv, &snap_list);
-
-    if (opt.json)
-        print_json(ret);
-    else if (strcmp(cmd, "list") == 0)
-        print_list(ret);
-    else if (strcmp(cmd, "info") == 0)
-        print_info(ret);
-    else if (strcmp(cmd, "stats") == 0)
-        print_stats(ret);
-    else if (snap_list)
-        print_snapshots(ret);
-    else if (strcmp(cmd, "snapshot") == 0)
-        print_snapshot(ret);
-    else if (strcmp(cmd, "throttle") == 0)
-        print_throttle(ret);
-    json_node_unref(ret);
-    g_object_unref(s.in);
-    g_object_unref(s.sc);
-    return 0;
+    struct session s = { 0 };
+    int rc = commands[i].run(&s, argc, argv);
+    if (s.sc) {
+        g_object_unref(s.in);
+        g_object_unref(s.sc);
+    }
+    return rc;
 }
