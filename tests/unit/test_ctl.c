@@ -18,6 +18,7 @@
 #include "handler/ctl-internal.h"
 #include "handler/backstore_name.h"
 #include "handler/registry.h"
+#include "ctl_client.h"
 
 static char dir[] = "/tmp/qlun-test-ctl-XXXXXX";
 static char raw_path[256], qcow_path[256];
@@ -28,45 +29,7 @@ static struct qlun_dev *raw_dev, *qcow_dev;
 static struct qlun_dev *open_lun(const char *cfg, const char *name,
                                  uint64_t blocks)
 {
-    char err[1024];
-    struct qlun_dev *d = NULL;
-    struct qlun_dev_params p = {
-        .cfgstring = cfg, .block_size = 512, .num_blocks = blocks,
-        .max_xfer_blocks = 1024, .name = name,
-    };
-    if (qlun_dev_open(&p, &d, err, sizeof(err)) < 0) {
-        fprintf(stderr, "cannot open %s: %s\n", cfg, err);
-        exit(1);
-    }
-    return d;
-}
-
-/* The reply to one request line, parsed (an object). */
-static JsonObject *exec_obj(const char *req)
-{
-    g_autofree char *reply = ctl_execute(req);
-    g_autoptr(JsonParser) p = json_parser_new();
-    if (!json_parser_load_from_data(p, reply, -1, NULL) ||
-        !JSON_NODE_HOLDS_OBJECT(json_parser_get_root(p))) {
-        fprintf(stderr, "reply not an object: %s\n", reply);
-        exit(1);
-    }
-    return json_object_ref(json_node_get_object(json_parser_get_root(p)));
-}
-
-/* The error class of req's reply ("" if it succeeded); its desc in desc. */
-static const char *error_of(const char *req, char *desc, size_t size)
-{
-    static char class[64];
-    g_autoptr(JsonObject) o = exec_obj(req);
-    JsonObject *e = json_object_has_member(o, "error")
-                        ? json_object_get_object_member(o, "error") : NULL;
-    snprintf(class, sizeof(class), "%s",
-             e ? json_object_get_string_member(e, "class") : "");
-    if (desc)
-        snprintf(desc, size, "%s",
-                 e ? json_object_get_string_member(e, "desc") : "");
-    return class;
+    return ctl_test_open_lun(cfg, name, blocks);
 }
 
 #define CHECK_ERROR(req, class, desc_part)                                  \

@@ -16,6 +16,7 @@
 
 #include "handler/ctl-internal.h"
 #include "handler/registry.h"
+#include "ctl_client.h"
 
 static char dir[] = "/tmp/qlun-test-ctl-jobs-XXXXXX";
 static char raw_path[256];
@@ -122,48 +123,10 @@ static int record_persist(void *opaque, const char *attr, const char *value,
 
 static struct qlun_dev *open_lun(void)
 {
-    char err[1024], cfg[300];
-    struct qlun_dev *d = NULL;
+    char cfg[300];
     snprintf(cfg, sizeof(cfg), "qlun/%s;format=raw;serial=jobs1;stats=off",
              raw_path);
-    struct qlun_dev_params p = {
-        .cfgstring = cfg, .block_size = 512, .num_blocks = 2048,
-        .max_xfer_blocks = 1024, .name = "jobs-lun",
-    };
-    if (qlun_dev_open(&p, &d, err, sizeof(err)) < 0) {
-        fprintf(stderr, "cannot open %s: %s\n", cfg, err);
-        exit(1);
-    }
-    return d;
-}
-
-/* The reply to req, parsed. */
-static JsonObject *exec_obj(const char *req)
-{
-    g_autofree char *reply = ctl_execute(req);
-    g_autoptr(JsonParser) p = json_parser_new();
-    if (!json_parser_load_from_data(p, reply, -1, NULL) ||
-        !JSON_NODE_HOLDS_OBJECT(json_parser_get_root(p))) {
-        fprintf(stderr, "reply not an object: %s\n", reply);
-        exit(1);
-    }
-    return json_object_ref(json_node_get_object(json_parser_get_root(p)));
-}
-
-/* The error class of req's reply ("" if it succeeded); desc gets its
- * desc. */
-static const char *error_of(const char *req, char *desc, size_t size)
-{
-    static char class[64];
-    g_autoptr(JsonObject) r = exec_obj(req);
-    desc[0] = class[0] = 0;
-    if (!json_object_has_member(r, "error"))
-        return class;
-    JsonObject *e = json_object_get_object_member(r, "error");
-    snprintf(class, sizeof(class), "%s",
-             json_object_get_string_member(e, "class"));
-    snprintf(desc, size, "%s", json_object_get_string_member(e, "desc"));
-    return class;
+    return ctl_test_open_lun(cfg, "jobs-lun", 2048);
 }
 
 static bool refused(const char *req, const char *class, const char *words)
