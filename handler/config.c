@@ -249,39 +249,35 @@ static const struct {
     const char *name;
     int (*apply)(struct qlun_config *cfg, const char *value);
     const char *expected;   /* said when a value is refused; optional */
+    bool throttle;          /* a throttle setting (qlun_config_with_throttle
+                             * rewrites them all) */
 } options[] = {
-    { "format", opt_format, DRIVER_NAMES },
-    { "readonly", opt_readonly, NULL },
-    { "cache", opt_cache, NULL },
-    { "serial", opt_serial, NULL },
-    { "backing_root", opt_backing_root, NULL },
-    { "soft_threshold", opt_soft_threshold, NULL },
-    { "stats", opt_stats, NULL },
-    { "l2_cache_size", opt_l2_cache_size, CACHE_SIZE_EXPECTED },
-    { "refcount_cache_size", opt_refcount_cache_size, CACHE_SIZE_EXPECTED },
-    { "copy_on_read", opt_copy_on_read, NULL },
-    { "tcmur_cmd_time_out", opt_runner_owned, NULL },
-    { "iops", opt_iops, IOPS_EXPECTED },
-    { "iops_rd", opt_iops_rd, IOPS_EXPECTED },
-    { "iops_wr", opt_iops_wr, IOPS_EXPECTED },
-    { "bps", opt_bps, BPS_EXPECTED },
-    { "bps_rd", opt_bps_rd, BPS_EXPECTED },
-    { "bps_wr", opt_bps_wr, BPS_EXPECTED },
-    { "iops_max", opt_iops_max, IOPS_EXPECTED },
-    { "iops_rd_max", opt_iops_rd_max, IOPS_EXPECTED },
-    { "iops_wr_max", opt_iops_wr_max, IOPS_EXPECTED },
-    { "bps_max", opt_bps_max, BPS_EXPECTED },
-    { "bps_rd_max", opt_bps_rd_max, BPS_EXPECTED },
-    { "bps_wr_max", opt_bps_wr_max, BPS_EXPECTED },
-    { "burst_secs", opt_burst_secs, BURST_EXPECTED },
-    { "throttle_group", opt_throttle_group, GROUP_EXPECTED },
-};
-
-/* The options qlun_config_with_throttle() rewrites. */
-static const char *const throttle_options[] = {
-    "iops", "iops_rd", "iops_wr", "bps", "bps_rd", "bps_wr", "iops_max",
-    "iops_rd_max", "iops_wr_max", "bps_max", "bps_rd_max", "bps_wr_max",
-    "burst_secs", "throttle_group",
+    { "format", opt_format, DRIVER_NAMES, false },
+    { "readonly", opt_readonly, NULL, false },
+    { "cache", opt_cache, NULL, false },
+    { "serial", opt_serial, NULL, false },
+    { "backing_root", opt_backing_root, NULL, false },
+    { "soft_threshold", opt_soft_threshold, NULL, false },
+    { "stats", opt_stats, NULL, false },
+    { "l2_cache_size", opt_l2_cache_size, CACHE_SIZE_EXPECTED, false },
+    { "refcount_cache_size", opt_refcount_cache_size, CACHE_SIZE_EXPECTED,
+      false },
+    { "copy_on_read", opt_copy_on_read, NULL, false },
+    { "tcmur_cmd_time_out", opt_runner_owned, NULL, false },
+    { "iops", opt_iops, IOPS_EXPECTED, true },
+    { "iops_rd", opt_iops_rd, IOPS_EXPECTED, true },
+    { "iops_wr", opt_iops_wr, IOPS_EXPECTED, true },
+    { "bps", opt_bps, BPS_EXPECTED, true },
+    { "bps_rd", opt_bps_rd, BPS_EXPECTED, true },
+    { "bps_wr", opt_bps_wr, BPS_EXPECTED, true },
+    { "iops_max", opt_iops_max, IOPS_EXPECTED, true },
+    { "iops_rd_max", opt_iops_rd_max, IOPS_EXPECTED, true },
+    { "iops_wr_max", opt_iops_wr_max, IOPS_EXPECTED, true },
+    { "bps_max", opt_bps_max, BPS_EXPECTED, true },
+    { "bps_rd_max", opt_bps_rd_max, BPS_EXPECTED, true },
+    { "bps_wr_max", opt_bps_wr_max, BPS_EXPECTED, true },
+    { "burst_secs", opt_burst_secs, BURST_EXPECTED, true },
+    { "throttle_group", opt_throttle_group, GROUP_EXPECTED, true },
 };
 
 static int apply_option(struct qlun_config *cfg, char *opt, unsigned *seen,
@@ -460,8 +456,8 @@ int qlun_config_with_top(const char *cfgstring, const char *top_path,
 static bool is_throttle_option(const char *opt, size_t len, const void *ctx)
 {
     (void)ctx;
-    for (size_t i = 0; i < ARRAY_SIZE(throttle_options); i++)
-        if (option_is(opt, len, throttle_options[i]))
+    for (size_t i = 0; i < ARRAY_SIZE(options); i++)
+        if (options[i].throttle && option_is(opt, len, options[i].name))
             return true;
     return false;
 }
