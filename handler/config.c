@@ -484,7 +484,7 @@ static int append_limits(char *out, size_t outlen, size_t *len,
             ret = append(out, outlen, len, ";", opt, (size_t)n);
         }
     }
-    if (ret == 0 && l->burst_seconds > 1) {
+    if (ret == 0 && l->burst_seconds) {
         char opt[32];
         int n = snprintf(opt, sizeof(opt), "burst_secs=%u", l->burst_seconds);
         ret = append(out, outlen, len, ";", opt, (size_t)n);

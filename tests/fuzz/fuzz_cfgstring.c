@@ -10,7 +10,8 @@
  *    serial of 0..40 printable non-space characters, a known cache mode,
  *    at most one kind of soft threshold, a percentage <= 100, absolute
  *    (or "off") paths;
- *  - parsing is canonical: a cfgstring rebuilt from the result parses to
+ *  - parsing is canonical: a cfgstring rebuilt from the result (every
+ *    field, the throttle options by qlun_config_with_throttle) parses to
  *    the identical config.
  */
 #include <errno.h>
@@ -85,8 +86,21 @@ static bool rebuild(const struct qlun_config *c, char *out, size_t size)
     if (c->refcount_cache_size)
         ADD(";refcount_cache_size=%llu",
             (unsigned long long)c->refcount_cache_size);
+    if (c->copy_on_read)
+        ADD(";copy_on_read=on");
 #undef ADD
-    return n < size;
+    if (n >= size)
+        return false;
+    /* The throttle options as the live path writes them (lun-set-throttle
+     * persists them with this function), so the round trip covers it. */
+    static char with_limits[QLUN_CFGSTRING_MAX + 1];
+    if (qlun_config_with_throttle(out, &c->throttle, c->throttle_group,
+                                  with_limits, sizeof(with_limits)) != 0)
+        return false;
+    if (strlen(with_limits) >= size)
+        return false;
+    strcpy(out, with_limits);
+    return true;
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

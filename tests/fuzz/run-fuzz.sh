@@ -11,7 +11,8 @@
 # and the seeds: committed (tests/fuzz/seeds/NAME) or generated now by
 # make-seeds.py.  A crash, leak, timeout or broken invariant fails the run;
 # the input is saved in <fuzzer's directory>/artifacts/.  Exit status is
-# the fuzzer's (77, skipped, for qcow2 without qemu-img).
+# the fuzzer's, 1 for any finding (libFuzzer's own default, 77, is CTest's
+# "skipped": a crash would pass as a skip), or 77 for qcow2 without qemu-img.
 set -eu
 fuzzer=${1:?usage: run-fuzz.sh FUZZER NAME SECONDS [options]}
 name=${2:?usage: run-fuzz.sh FUZZER NAME SECONDS [options]}
@@ -58,12 +59,12 @@ if [ -d "$src/regress/$name" ]; then
     if [ "$n" -gt 0 ]; then
         echo "run-fuzz.sh: replaying $n reproducer(s) in regress/$name"
         # shellcheck disable=SC2046
-        "$fuzzer" $(find "$src/regress/$name" -type f | sort)
+        "$fuzzer" -error_exitcode=1 $(find "$src/regress/$name" -type f | sort)
     fi
 fi
 
 echo "run-fuzz.sh: fuzzing $name for $seconds s (corpus $corpus)"
 # shellcheck disable=SC2086
-"$fuzzer" -max_total_time="$seconds" -max_len="$max_len" -timeout=30 \
+"$fuzzer" -error_exitcode=1 -max_total_time="$seconds" -max_len="$max_len" -timeout=30 \
     -rss_limit_mb=2560 -print_final_stats=1 $dict \
     -artifact_prefix="$artifacts/$name-" "$@" "$corpus" "$seeds"
