@@ -1,24 +1,27 @@
 #!/bin/sh
-# Check the install steps: run README's test command in a clean Debian 12
-# (bookworm) root, as a fresh machine's root user would, with no sudo and
-# nothing installed but what our own scripts install.
+# Check the install steps: run README's two set-up commands, each in a clean
+# Debian 12 (bookworm) root of its own, as a fresh machine's root user would,
+# with no sudo and nothing installed but what our own scripts install.
 #
-#   scripts/fresh-debian.sh [--fresh] [--no-e2e] [--variant minbase|buildd|default]
-#                            [--src TREE] [DIR]
+#   scripts/fresh-debian.sh [--fresh] [--no-demo] [--no-e2e]
+#                           [--variant minbase|buildd|default] [--src TREE] [DIR]
 #
 # 1. debootstraps bookworm (--variant=minbase unless --variant says otherwise)
 #    from the Debian mirror configured on this machine, once, and caches the
 #    result as DIR/bookworm-<variant>.tar; later runs unpack that tarball
 #    (--fresh: debootstrap again).  Installs debootstrap here if missing.
-# 2. makes DIR/root afresh from it every run (an installed root is never
-#    reused: it would hide a missing install step), gives it this machine's
-#    Debian apt sources and resolv.conf;
+# 2. makes a root afresh from it for each command, DIR/root-demo and then
+#    DIR/root (an installed root is never reused, not even by the other
+#    command: it would hide a missing install step), gives it this
+#    machine's Debian apt sources and resolv.conf;
 # 3. git-clones TREE (default: the clone this script is in) at its HEAD into
 #    /root/qlun: only committed files go in, as in CI;
 # 4. mounts /proc, /sys, /dev and /dev/pts in the root (unmounted on exit);
-# 5. runs README's command `scripts/test-all.sh` in /root/qlun with chroot,
-#    as root, without sudo, in an empty environment;
-# 6. checks that every package listed by install-deps.sh/install-rig-deps.sh
+# 5. runs README's command in /root/qlun with chroot, as root, without sudo,
+#    in an empty environment: `scripts/demo.sh` (the main job; in the chroot
+#    it boots the VM rig, as on any host without LIO; --no-demo leaves it
+#    out) in DIR/root-demo, then `scripts/test-all.sh` in DIR/root;
+# 6. checks (in DIR/root) that every package listed by install-deps.sh/install-rig-deps.sh
 #    is installed and that the commands the VM rig and the e2e tests call
 #    exist in the root;
 # 7. prints a summary: time, result, what was and was not run.
@@ -32,18 +35,19 @@
 # ASan/UBSan unit and interop tests only, and the summary says the e2e stage
 # was NOT run.
 #
-# DIR defaults to /var/tmp/qlun-fresh-debian.  The root is kept after the run
-# for inspection (about 2-3 GB); the next run replaces it.  Output of the run
-# inside also goes to DIR/test-all.log.  Run as root.
+# DIR defaults to /var/tmp/qlun-fresh-debian.  The roots are kept after the
+# run for inspection (about 2-3 GB each); the next run replaces them.  Output
+# of the commands also goes to DIR/demo.log and DIR/test-all.log.  Run as root.
 set -eu
 
 usage() { sed -n '2,/^set -eu/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
 
-fresh=0 skip_e2e=0 variant=minbase src='' dir=/var/tmp/qlun-fresh-debian
+fresh=0 skip_e2e=0 skip_demo=0 variant=minbase src='' dir=/var/tmp/qlun-fresh-debian
 while [ $# -gt 0 ]; do
     case "$1" in
         --fresh) fresh=1 ;;
         --no-e2e) skip_e2e=1 ;;
+        --no-demo) skip_demo=1 ;;
         --variant) variant=${2:?--variant needs a value}; shift ;;
         --variant=*) variant=${1#--variant=} ;;
         --src) src=${2:?--src needs a value}; shift ;;
@@ -72,7 +76,6 @@ rev=$(git -C "$src" rev-parse HEAD)
 mkdir -p "$dir"
 dir=$(cd "$dir" && pwd)
 case "$dir" in /) die "DIR must not be /" ;; esac
-root=$dir/root
 tarball=$dir/bookworm-$variant.tar
 log=$dir/test-all.log
 
@@ -144,46 +147,77 @@ else
     base_how="cached debootstrap --variant=$variant ($tarball, $(date -u -r "$tarball" '+%Y-%m-%d %H:%M UTC'); --fresh to redo)"
 fi
 
-# ---- step 2: a new root -------------------------------------------------------
-say "new root $root from $tarball"
-remove_root "$root"
-mkdir -p "$root"
-tar -C "$root" --numeric-owner -xpf "$tarball"
-# This machine's Debian sources (as a fresh install of it would have them).
-if [ -f /etc/apt/sources.list.d/debian.sources ]; then
-    rm -f "$root/etc/apt/sources.list"
-    cp /etc/apt/sources.list.d/debian.sources "$root/etc/apt/sources.list.d/debian.sources"
-else
-    cp /etc/apt/sources.list "$root/etc/apt/sources.list"
-fi
-cp -L /etc/resolv.conf "$root/etc/resolv.conf"
-# The usual chroot guard: package scripts must not start daemons (iscsid,
-# dbus, tcmu-runner) here, where they would run outside any VM.
-printf '#!/bin/sh\nexit 101\n' >"$root/usr/sbin/policy-rc.d"
-chmod 755 "$root/usr/sbin/policy-rc.d"
-t_base=$(( $(date +%s) - t0 ))
-
-# ---- step 3: the repository, committed files only -----------------------------
-if [ -n "$(git -C "$src" status --porcelain --untracked-files=no)" ]; then
-    say "WARNING: $src has uncommitted changes; they are NOT copied (HEAD only)"
-fi
-git clone -q --no-hardlinks "$src" "$root/root/qlun"
-git -C "$root/root/qlun" checkout -q --detach "$rev"
-say "cloned $src at $(git -C "$src" log -1 --format='%h %s' "$rev")"
-
-# ---- step 4: mounts -------------------------------------------------------------
-mount -t proc proc "$root/proc" && mounted="$root/proc $mounted"
-mount -t sysfs sysfs "$root/sys" && mounted="$root/sys $mounted"
-mount --bind /dev "$root/dev" && mounted="$root/dev $mounted"
-mount --bind /dev/pts "$root/dev/pts" && mounted="$root/dev/pts $mounted"
-
+# ---- steps 2-5, once per README command, each in a root of its own ---------------
+# (one root for both would let the second command use what the first
+# installed, hiding a missing install step of its own)
 in_root() {
     chroot "$root" /usr/bin/env -i HOME=/root USER=root LOGNAME=root SHELL=/bin/sh \
         TERM="${TERM:-dumb}" PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
         "$@"
 }
 
-# ---- step 5: README's test command ----------------------------------------------
+# new_root NAME: a fresh root DIR/NAME from the tarball, with this machine's
+# apt sources, the repository's HEAD in /root/qlun, and the mounts.
+new_root() {
+    umount_all
+    root=$dir/$1
+    say "new root $root from $tarball"
+    remove_root "$root"
+    mkdir -p "$root"
+    tar -C "$root" --numeric-owner -xpf "$tarball"
+    # This machine's Debian sources (as a fresh install of it would have them).
+    if [ -f /etc/apt/sources.list.d/debian.sources ]; then
+        rm -f "$root/etc/apt/sources.list"
+        cp /etc/apt/sources.list.d/debian.sources "$root/etc/apt/sources.list.d/debian.sources"
+    else
+        cp /etc/apt/sources.list "$root/etc/apt/sources.list"
+    fi
+    cp -L /etc/resolv.conf "$root/etc/resolv.conf"
+    # The usual chroot guard: package scripts must not start daemons (iscsid,
+    # dbus, tcmu-runner) here, where they would run outside any VM.
+    printf '#!/bin/sh\nexit 101\n' >"$root/usr/sbin/policy-rc.d"
+    chmod 755 "$root/usr/sbin/policy-rc.d"
+    # The repository, committed files only.
+    git clone -q --no-hardlinks "$src" "$root/root/qlun"
+    git -C "$root/root/qlun" checkout -q --detach "$rev"
+    mount -t proc proc "$root/proc" && mounted="$root/proc $mounted"
+    mount -t sysfs sysfs "$root/sys" && mounted="$root/sys $mounted"
+    mount --bind /dev "$root/dev" && mounted="$root/dev $mounted"
+    mount --bind /dev/pts "$root/dev/pts" && mounted="$root/dev/pts $mounted"
+}
+
+# run_readme NAME COMMAND [VAR=VALUE...]: COMMAND (a README set-up command)
+# in /root/qlun of the current root, as root, no sudo, in an empty
+# environment but for the VARs; output shown and kept in DIR/NAME.log, exit
+# status in DIR/NAME.rc.
+run_readme() {
+    name=$1 cmd=$2
+    shift 2
+    rm -f "$dir/$name.rc"
+    # (set -e holds in the pipeline's subshell too: keep the status, do not exit)
+    { st=0
+      in_root "$@" /bin/sh -c "cd /root/qlun && exec $cmd" 2>&1 || st=$?
+      echo "$st" >"$dir/$name.rc"; } | tee "$dir/$name.log"
+}
+readme_rc() { cat "$dir/$1.rc" 2>/dev/null || echo none; }
+
+if [ -n "$(git -C "$src" status --porcelain --untracked-files=no)" ]; then
+    say "WARNING: $src has uncommitted changes; they are NOT copied (HEAD only)"
+fi
+say "source: $(git -C "$src" log -1 --format='%h %s' "$rev")"
+t_base=$(( $(date +%s) - t0 ))
+
+demo_rc=skipped t_demo=0
+if [ "$skip_demo" = 0 ]; then
+    new_root root-demo
+    say "running README's main command scripts/demo.sh in $root"
+    t0=$(date +%s)
+    run_readme demo scripts/demo.sh
+    demo_rc=$(readme_rc demo)
+    t_demo=$(( $(date +%s) - t0 ))
+fi
+
+new_root root
 if [ "$skip_e2e" = 1 ]; then
     e2e_env=QLUN_SKIP_E2E=1
     say "running scripts/test-all.sh WITHOUT the end-to-end stage (--no-e2e)"
@@ -192,11 +226,8 @@ else
     say "running scripts/test-all.sh (all of it, e2e included) in the root"
 fi
 t0=$(date +%s)
-# (set -e holds in the pipeline's subshell too: keep the status, do not exit)
-{ st=0
-  in_root "$e2e_env" /bin/sh -c 'cd /root/qlun && exec scripts/test-all.sh' 2>&1 || st=$?
-  echo "$st" >"$dir/test-all.rc"; } | tee "$log"
-rc=$(cat "$dir/test-all.rc" 2>/dev/null || echo "none")
+run_readme test-all scripts/test-all.sh "$e2e_env"
+rc=$(readme_rc test-all)
 t_test=$(( $(date +%s) - t0 ))
 
 # ---- step 6: is everything the tests use installed? ---------------------------------
@@ -241,12 +272,19 @@ umount_all
 
 # ---- step 7: summary ------------------------------------------------------------------
 wall=$(( $(date +%s) - start ))
-if [ "$rc" = 0 ] && [ "$check_rc" = 0 ]; then result=PASS; else result=FAIL; fi
+if [ "$rc" = 0 ] && [ "$check_rc" = 0 ] &&
+   { [ "$demo_rc" = 0 ] || [ "$demo_rc" = skipped ]; }; then result=PASS; else result=FAIL; fi
 echo
 echo "================ fresh-debian.sh summary ================"
 echo "source:      $src @ $(git -C "$src" log -1 --format=%h "$rev") (committed files only)"
 echo "root:        $root; base: $base_how"
 echo "mirror:      $mirror"
+if [ "$skip_demo" = 1 ]; then
+    echo "NOT RUN:     README's main command scripts/demo.sh (--no-demo)"
+else
+    echo "demo.sh:     exit status $demo_rc ($t_demo s, in its own new root $dir/root-demo; log $dir/demo.log)"
+    tail -n 25 "$dir/demo.log" | sed "s/^/             | /"
+fi
 echo "ran:         scripts/test-all.sh as root in chroot, no sudo: install-deps.sh +"
 echo "             install-rig-deps.sh, build.sh, ASan/UBSan unit+interop ctest"
 if [ "$skip_e2e" = 1 ]; then
