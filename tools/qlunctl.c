@@ -5,19 +5,15 @@
  * "return" value as JSON with --json); `events` prints events until
  * interrupted.  Exit status: 0 done, 1 error (reply or connection),
  * 2 usage. */
-#include <errno.h>
-#include <gio/gio.h>
-#include <gio/gunixsocketaddress.h>
 #include <inttypes.h>
-#include <stdarg.h>
-#include <stdbool.h>
-#include <json-glib/json-glib.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
-#define DEFAULT_SOCKET "/run/qlun/qlun.sock"
+#include "qlunctl.h"
+
+struct qlunctl_options opt;
 
 static const char usage_text[] =
     "usage: qlunctl [--socket PATH] [--json] COMMAND [ARGS]\n"
@@ -56,20 +52,6 @@ static const char usage_text[] =
     "  --json          print the reply as JSON, for scripts\n"
     "  -h, --help      this help\n";
 
-static struct {
-    const char *socket;
-    gboolean json;     /* gboolean: GOption writes these */
-    gboolean force;
-    const char *overlay;
-    const char *cluster_size;
-    /* throttle: its limits, as given (NULL: not given) */
-    const char *throttle[9];
-    const char *group;
-    /* job */
-    const char *base, *top, *speed, *id, *format, *sync, *granularity;
-    gboolean existing, ready;
-    double timeout;
-} opt;
 
 /* qlunctl throttle's options and lun-set-throttle's arguments, in the
  * order of opt.throttle; bytes: takes a size suffix. */
@@ -87,191 +69,6 @@ static const struct {
     { "bps-max", "bps-total-max", true },
     { "burst-seconds", "burst-seconds", false },
 };
-
-static bool job_options_given(void)
-{
-    return opt.base || opt.top || opt.speed || opt.id || opt.format ||
-           opt.sync || opt.granularity || opt.existing || opt.ready ||
-           opt.timeout;
-}
-
-static G_NORETURN void usage_error(const char *fmt, ...) G_GNUC_PRINTF(1, 2);
-static G_NORETURN void usage_error(const char *fmt, ...)
-{
-    va_list ap;
-    fputs("qlunctl: ", stderr);
-    va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fputs("\n(qlunctl --help shows the usage)\n", stderr);
-    exit(2);
-}
-
-static G_NORETURN void fail(const char *fmt, ...) G_GNUC_PRINTF(1, 2);
-static G_NORETURN void fail(const char *fmt, ...)
-{
-    va_list ap;
-    fputs("qlunctl: ", stderr);
-    va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fputc('\n', stderr);
-    exit(1);
-}
-
-/* A whole number with an optional binary suffix K, M, G or T (optionally
- * followed by "iB" or "B"): "512", "10G", "4KiB". */
-static bool parse_size(const char *s, uint64_t *out)
-{
-    char *end;
-    if (!g_ascii_isdigit(s[0]))
-        return false;
-    errno = 0;
-    guint64 v = g_ascii_strtoull(s, &end, 10);
-    if (errno)
-        return false;
-    unsigned shift = 0;
-    switch (g_ascii_toupper(*end)) {
-    case 'K': shift = 10; end++; break;
-    case 'M': shift = 20; end++; break;
-    case 'G': shift = 30; end++; break;
-    case 'T': shift = 40; end++; break;
-    }
-    if (shift && (strcmp(end, "iB") == 0 || strcmp(end, "B") == 0))
-        end += strlen(end);
-    if (*end || (shift && v > (UINT64_MAX >> shift)) || v << shift > INT64_MAX)
-        return false;
-    *out = v << shift;
-    return true;
-}
-
-static char *human_size(uint64_t v)
-{
-    static const char *units[] = { "B", "KiB", "MiB", "GiB", "TiB", "PiB" };
-    double d = (double)v;
-    unsigned u = 0;
-    while (d >= 1024 && u + 1 < G_N_ELEMENTS(units)) {
-        d /= 1024;
-        u++;
-    }
-    return u ? g_strdup_printf("%.1f %s", d, units[u])
-             : g_strdup_printf("%" PRIu64 " B", v);
-}
-
-struct session {
-    GSocketConnection *sc;
-    GDataInputStream *in;
-};
-
-/* One line from the server, parsed; exits on EOF or garbage. */
-static JsonNode *read_message(struct session *s)
-{
-    g_autoptr(GError) e = NULL;
-    gsize len;
-    g_autofree char *line = g_data_input_stream_read_line(s->in, &len, NULL,
-                                                          &e);
-    if (!line)
-        fail("the server closed the connection%s%s", e ? ": " : "",
-             e ? e->message : "");
-    g_autoptr(JsonParser) p = json_parser_new();
-    if (!json_parser_load_from_data(p, line, (gssize)len, &e) ||
-        !JSON_NODE_HOLDS_OBJECT(json_parser_get_root(p)))
-        fail("the server sent something not a JSON object: %s", line);
-    return json_node_copy(json_parser_get_root(p));
-}
-
-static void connect_server(struct session *s)
-{
-    g_autoptr(GSocketAddress) a = g_unix_socket_address_new(opt.socket);
-    g_autoptr(GSocketClient) cl = g_socket_client_new();
-    g_autoptr(GError) e = NULL;
-    s->sc = g_socket_client_connect(cl, G_SOCKET_CONNECTABLE(a), NULL, &e);
-    if (!s->sc)
-        fail("cannot connect to %s: %s", opt.socket, e->message);
-    s->in = g_data_input_stream_new(
-        g_io_stream_get_input_stream(G_IO_STREAM(s->sc)));
-    g_autoptr(JsonNode) greeting = read_message(s);
-    if (!json_object_has_member(json_node_get_object(greeting), "qlun"))
-        fail("%s is not a qlun management socket", opt.socket);
-}
-
-/* Send {"execute": cmd, "arguments": args} and return the "return" value
- * (events arriving meanwhile are skipped); an error reply exits 1.  The
- * first request connects: a command checks its arguments before it sends
- * anything, so a usage error never needs the server. */
-static JsonNode *execute(struct session *s, const char *cmd, JsonNode *args)
-{
-    if (!s->sc)
-        connect_server(s);
-    g_autoptr(JsonBuilder) b = json_builder_new();
-    json_builder_begin_object(b);
-    json_builder_set_member_name(b, "execute");
-    json_builder_add_string_value(b, cmd);
-    if (args) {
-        json_builder_set_member_name(b, "arguments");
-        json_builder_add_value(b, args);
-    }
-    json_builder_end_object(b);
-    g_autoptr(JsonNode) req = json_builder_get_root(b);
-    g_autofree char *line = json_to_string(req, FALSE);
-    g_autofree char *wire = g_strconcat(line, "\n", NULL);
-    g_autoptr(GError) e = NULL;
-    GOutputStream *out = g_io_stream_get_output_stream(G_IO_STREAM(s->sc));
-    if (!g_output_stream_write_all(out, wire, strlen(wire), NULL, NULL, &e))
-        fail("cannot send to %s: %s", opt.socket, e->message);
-    for (;;) {
-        g_autoptr(JsonNode) msg = read_message(s);
-        JsonObject *o = json_node_get_object(msg);
-        if (json_object_has_member(o, "error")) {
-            JsonObject *err = json_object_get_object_member(o, "error");
-            fail("%s", err ? json_object_get_string_member_with_default(
-                                 err, "desc", "(no desc)")
-                           : "(malformed error)");
-        }
-        if (json_object_has_member(o, "return"))
-            return json_node_copy(json_object_get_member(o, "return"));
-    }
-}
-
-/* {"lun": lun, more...}: the arguments object under construction. */
-static JsonBuilder *lun_args(const char *lun)
-{
-    JsonBuilder *b = json_builder_new();
-    json_builder_begin_object(b);
-    json_builder_set_member_name(b, "lun");
-    json_builder_add_string_value(b, lun);
-    return b;
-}
-
-static JsonNode *end_args(JsonBuilder *b)
-{
-    json_builder_end_object(b);
-    JsonNode *n = json_builder_get_root(b);
-    g_object_unref(b);
-    return n;
-}
-
-static void print_json(JsonNode *n)
-{
-    g_autofree char *s = json_to_string(n, TRUE);
-    printf("%s\n", s);
-}
-
-static const char *str_member(JsonObject *o, const char *name)
-{
-    return json_object_get_string_member_with_default(o, name, "");
-}
-
-static uint64_t int_member(JsonObject *o, const char *name)
-{
-    return (uint64_t)json_object_get_int_member_with_default(o, name, 0);
-}
-
-static JsonObject *obj_member(JsonObject *o, const char *name)
-{
-    JsonNode *n = json_object_get_member(o, name);
-    return n && JSON_NODE_HOLDS_OBJECT(n) ? json_node_get_object(n) : NULL;
-}
 
 static void print_list(JsonNode *ret)
 {
@@ -580,210 +377,6 @@ static JsonNode *run_copy_on_read(struct session *s, int argc, char **argv)
     return execute(s, "lun-set-copy-on-read", end_args(b));
 }
 
-static JsonNode *run_query(struct session *s, const char *cmd,
-                           const char *lun)
-{
-    return execute(s, cmd, lun ? end_args(lun_args(lun)) : NULL);
-}
-
-
-/* ---- job ---- */
-
-static void add_string(JsonBuilder *b, const char *name, const char *v)
-{
-    if (!v)
-        return;
-    json_builder_set_member_name(b, name);
-    json_builder_add_string_value(b, v);
-}
-
-static void add_size(JsonBuilder *b, const char *name, const char *v)
-{
-    uint64_t n;
-    if (!v)
-        return;
-    if (!parse_size(v, &n))
-        usage_error("--%s: '%s' is not a number (K, M, G, T suffixes)", name,
-                    v);
-    json_builder_set_member_name(b, name);
-    json_builder_add_int_value(b, (gint64)n);
-}
-
-/* Paths as the user meant them: the server resolves nothing. */
-static void add_path(JsonBuilder *b, const char *name, const char *v)
-{
-    g_autofree char *abs = v ? g_canonicalize_filename(v, NULL) : NULL;
-    add_string(b, name, abs);
-}
-
-static JsonNode *job_start_args(int argc, char **argv)
-{
-    const char *syn = "job start LUN stream|commit|mirror [TARGET] [options]";
-    if (argc < 4)
-        usage_error("usage: qlunctl %s", syn);
-    const char *type = argv[3];
-    bool mirror = strcmp(type, "mirror") == 0;
-    if (argc != (mirror ? 5 : 4))
-        usage_error(mirror ? "job start LUN mirror needs one TARGET"
-                           : "usage: qlunctl %s", syn);
-    if (!mirror && (opt.format || opt.sync || opt.existing ||
-                    opt.granularity))
-        usage_error("--format, --sync, --existing and --granularity are "
-                    "mirror's");
-    if (mirror && (opt.base || opt.top))
-        usage_error("--base and --top are stream's and commit's");
-    if (opt.ready || opt.timeout)
-        usage_error("--ready and --timeout are job wait's");
-    JsonBuilder *b = lun_args(argv[2]);
-    add_string(b, "type", type);
-    add_string(b, "id", opt.id);
-    add_size(b, "speed", opt.speed);
-    add_path(b, "top", opt.top);
-    add_path(b, "base", opt.base);
-    add_path(b, "target", mirror ? argv[4] : NULL);
-    add_string(b, "format", opt.format);
-    add_string(b, "sync", opt.sync);
-    add_size(b, "granularity", opt.granularity);
-    if (opt.existing) {
-        json_builder_set_member_name(b, "existing");
-        json_builder_add_boolean_value(b, TRUE);
-    }
-    return end_args(b);
-}
-
-static void print_jobs(JsonNode *ret)
-{
-    JsonArray *a = json_node_get_array(ret);
-    printf("%-12s %-7s %-20s %-10s %-10s %21s %6s %12s\n", "ID", "TYPE",
-           "LUN", "STATUS", "RESULT", "DONE/TOTAL", "%", "RATE");
-    for (guint i = 0; i < json_array_get_length(a); i++) {
-        JsonObject *j = json_array_get_object_element(a, i);
-        uint64_t done = int_member(j, "done"), total = int_member(j, "total");
-        g_autofree char *d = human_size(done), *t = human_size(total);
-        g_autofree char *r = human_size(int_member(j, "rate"));
-        g_autofree char *dt = g_strdup_printf("%s/%s", d, t);
-        JsonNode *res = json_object_get_member(j, "result");
-        printf("%-12s %-7s %-20s %-10s %-10s %21s %5.1f%% %10s/s\n",
-               str_member(j, "id"), str_member(j, "type"),
-               str_member(j, "lun"), str_member(j, "status"),
-               res && !JSON_NODE_HOLDS_NULL(res) ? json_node_get_string(res)
-                                                 : "-",
-               dt, total ? 100.0 * (double)done / (double)total : 0.0, r);
-        if (json_object_has_member(j, "error"))
-            printf("  error: %s\n", str_member(j, "error"));
-    }
-}
-
-/* The job's entry in query-jobs, or NULL once it is not listed. */
-static JsonObject *find_job(JsonNode *list, const char *id)
-{
-    JsonArray *a = json_node_get_array(list);
-    for (guint i = 0; i < json_array_get_length(a); i++) {
-        JsonObject *j = json_array_get_object_element(a, i);
-        if (strcmp(str_member(j, "id"), id) == 0)
-            return j;
-    }
-    return NULL;
-}
-
-/* Poll query-jobs every 200 ms (simpler than following events, and a
- * missed event cannot hang it). */
-static int job_wait(struct session *s, const char *id)
-{
-    gint64 deadline = opt.timeout > 0
-        ? g_get_monotonic_time() + (gint64)(opt.timeout * 1e6) : 0;
-    for (;;) {
-        g_autoptr(JsonNode) list = execute(s, "query-jobs", NULL);
-        JsonObject *j = find_job(list, id);
-        if (!j)
-            fail("no job %s", id);
-        const char *st = str_member(j, "status");
-        if (opt.ready && strcmp(st, "ready") == 0)
-            return 0;
-        if (strcmp(st, "concluded") == 0) {
-            JsonNode *res = json_object_get_member(j, "result");
-            const char *r = res && !JSON_NODE_HOLDS_NULL(res)
-                ? json_node_get_string(res) : "";
-            if (strcmp(r, "completed") == 0)
-                return 0;
-            fprintf(stderr, "qlunctl: job %s %s%s%s\n", id, r,
-                    json_object_has_member(j, "error") ? ": " : "",
-                    str_member(j, "error"));
-            return 1;
-        }
-        if (deadline && g_get_monotonic_time() >= deadline) {
-            fprintf(stderr, "qlunctl: job %s still %s after %g s\n", id, st,
-                    opt.timeout);
-            return 1;
-        }
-        g_usleep(200000);
-    }
-}
-
-static int job_control(struct session *s, int argc, char **argv)
-{
-    static const char *const simple[] = {
-        "pause", "resume", "cancel", "complete", "dismiss",
-    };
-    const char *sub = argv[1];
-    bool set_speed = strcmp(sub, "set-speed") == 0;
-    bool wait = strcmp(sub, "wait") == 0;
-    bool known = set_speed || wait;
-    for (size_t i = 0; i < G_N_ELEMENTS(simple); i++)
-        known |= strcmp(sub, simple[i]) == 0;
-    if (!known)
-        usage_error("unknown job subcommand '%s'", sub);
-    if (argc != (set_speed ? 4 : 3))
-        usage_error(set_speed ? "usage: qlunctl job set-speed ID BYTES_PER_S"
-                              : "usage: qlunctl job %s ID", sub);
-    if (opt.base || opt.top || opt.speed || opt.id || opt.format ||
-        opt.sync || opt.granularity || opt.existing ||
-        (!wait && (opt.ready || opt.timeout)))
-        usage_error("job %s takes no such option", sub);
-    if (wait)
-        return job_wait(s, argv[2]);
-    JsonBuilder *b = json_builder_new();
-    json_builder_begin_object(b);
-    add_string(b, "id", argv[2]);
-    if (set_speed)
-        add_size(b, "speed", argv[3]);
-    g_autofree char *cmd = g_strconcat("job-", sub, NULL);
-    g_autoptr(JsonNode) ret = execute(s, cmd, end_args(b));
-    if (opt.json)
-        print_json(ret);
-    return 0;
-}
-
-/* argv[1] is the subcommand. */
-static int run_job(struct session *s, int argc, char **argv)
-{
-    if (argc < 2)
-        usage_error("usage: qlunctl job start|list|pause|resume|cancel|"
-                    "complete|dismiss|set-speed|wait ...");
-    const char *sub = argv[1];
-    if (strcmp(sub, "start") == 0) {
-        g_autoptr(JsonNode) ret = execute(s, "job-start",
-                                          job_start_args(argc, argv));
-        if (opt.json)
-            print_json(ret);
-        else
-            printf("%s\n", str_member(json_node_get_object(ret), "id"));
-        return 0;
-    }
-    if (strcmp(sub, "list") == 0) {
-        if (argc > 3 || job_options_given())
-            usage_error("usage: qlunctl job list [LUN]");
-        g_autoptr(JsonNode) ret = run_query(s, "query-jobs",
-                                            argc == 3 ? argv[2] : NULL);
-        if (opt.json)
-            print_json(ret);
-        else
-            print_jobs(ret);
-        return 0;
-    }
-    return job_control(s, argc, argv);
-}
-
 static void parse_options(int *argc, char ***argv)
 {
     gboolean help = FALSE;
@@ -832,18 +425,6 @@ static void parse_options(int *argc, char ***argv)
 }
 
 /* ---- the commands ---- */
-
-/* Print a reply (as JSON with --json, else with print; NULL: nothing),
- * free it; the exit status. */
-static int finish(JsonNode *ret, void (*print)(JsonNode *))
-{
-    if (opt.json)
-        print_json(ret);
-    else if (print)
-        print(ret);
-    json_node_unref(ret);
-    return 0;
-}
 
 static int cmd_list(struct session *s, int argc, char **argv)
 {
@@ -915,7 +496,7 @@ static const struct {
     { "snapshot-internal", cmd_snapshot_internal },
     { "throttle", cmd_throttle },
     { "copy-on-read", cmd_copy_on_read },
-    { "job", run_job },
+    { "job", cmd_job },
     { "events", cmd_events },
 };
 
