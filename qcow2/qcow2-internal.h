@@ -43,7 +43,10 @@
  *     cache was written back (unless lazy refcounts) and file_flush();
  *   - a new or copied L2 table is written and flushed before its L1 entry;
  *   - refcount decreases are queued (pending frees) and applied only after
- *     the L2/L1 change that dropped the reference is durable (meta sync).
+ *     the L2/L1 change that dropped the reference is durable (meta sync);
+ *     a cluster they free is given back to the host (hole punched, runs
+ *     of adjacent clusters in one call) in that same sync, before q->lock
+ *     is released, so never after it could have been allocated again.
  *   - snapshot create/delete (snapshot_ops.c) change refcounts and COPIED
  *     flags together, which no order makes consistent at every instant:
  *     they run with the dirty bit set (the rebuild at open then re-derives

@@ -15,7 +15,10 @@
  * Decrements are deferred: qcow2_free_later() queues them and
  * qcow2_meta_sync() applies them once the L2/L1 change that dropped the
  * reference is on disk, so a crash can leak a cluster but never leave an
- * entry pointing at a cluster that was reused.
+ * entry pointing at a cluster that was reused.  They are applied in host
+ * order, and the clusters they free go back to the host in runs
+ * (qcow2_drop_ref, qcow2_give_back_flush): a large discard is one punch
+ * per contiguous host range, not one per cluster.
  */
 #include <assert.h>
 #include <errno.h>
