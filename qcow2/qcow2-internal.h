@@ -43,7 +43,10 @@
  *     cache was written back (unless lazy refcounts) and file_flush();
  *   - a new or copied L2 table is written and flushed before its L1 entry;
  *   - refcount decreases are queued (pending frees) and applied only after
- *     the L2/L1 change that dropped the reference is durable (meta sync).
+ *     the L2/L1 change that dropped the reference is durable (meta sync);
+ *     a cluster they free is given back to the host (hole punched, runs
+ *     of adjacent clusters in one call) in that same sync, before q->lock
+ *     is released, so never after it could have been allocated again.
  *   - snapshot create/delete (snapshot_ops.c) change refcounts and COPIED
  *     flags together, which no order makes consistent at every instant:
  *     they run with the dirty bit set (the rebuild at open then re-derives
@@ -389,6 +392,20 @@ int64_t qcow2_alloc_clusters(struct qcow2 *q, uint64_t n, uint64_t *off);
  * has already linked the replacement (without memory to queue, it syncs
  * and releases at once, or at worst leaks the clusters). */
 void qcow2_free_later(struct qcow2 *q, uint64_t entry, bool compressed);
+/* Host clusters freed (refcount now 0) and not given back to the host
+ * yet: clusters [first, first + n), collected so that a run goes back in
+ * one file_discard (a hole punched on a file can cost a device discard
+ * per call: 1 GiB of 64 KiB clusters took 15 s one by one). */
+struct give_back {
+    uint64_t first, n;
+};
+/* Drop one reference from cluster ci; if it is now free, add it to g
+ * (flushing g first if ci does not extend its run).  Lock held. */
+int qcow2_drop_ref(struct qcow2 *q, uint64_t ci, struct give_back *g);
+/* Give g's run back to the host (errors ignored: the space merely stays
+ * allocated).  Must run before q->lock is released: after that a freed
+ * cluster may be allocated and written, and the hole would destroy it. */
+void qcow2_give_back_flush(struct qcow2 *q, struct give_back *g);
 /* Decrement immediately: for clusters nothing on disk references yet. */
 void qcow2_free_now(struct qcow2 *q, uint64_t off, uint64_t n);
 /* Make every metadata change durable in order: refcount blocks (unless

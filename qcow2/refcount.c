@@ -15,7 +15,10 @@
  * Decrements are deferred: qcow2_free_later() queues them and
  * qcow2_meta_sync() applies them once the L2/L1 change that dropped the
  * reference is on disk, so a crash can leak a cluster but never leave an
- * entry pointing at a cluster that was reused.
+ * entry pointing at a cluster that was reused.  They are applied in host
+ * order, and the clusters they free go back to the host in runs
+ * (qcow2_drop_ref, qcow2_give_back_flush): a large discard is one punch
+ * per contiguous host range, not one per cluster.
  */
 #include <assert.h>
 #include <errno.h>
@@ -264,7 +267,9 @@ int qcow2_get_refcount(struct qcow2 *q, uint64_t ci, uint64_t *rc)
     return 0;
 }
 
-int qcow2_update_refcount(struct qcow2 *q, uint64_t ci, int64_t delta)
+/* qcow2_update_refcount, also giving the new refcount in *now. */
+static int change_refcount(struct qcow2 *q, uint64_t ci, int64_t delta,
+                           uint64_t *now)
 {
     uint64_t boff;
     void *rb;
@@ -284,6 +289,7 @@ int qcow2_update_refcount(struct qcow2 *q, uint64_t ci, int64_t delta)
                              ci, v, delta);
     }
     v += (uint64_t)delta;
+    *now = v;
     rb_set(q, rb, i, v);
     /* The byte(s) holding entry i: a refcount is 1..64 bits wide. */
     uint64_t first_bit = i << q->refcount_order;
@@ -297,6 +303,36 @@ int qcow2_update_refcount(struct qcow2 *q, uint64_t ci, int64_t delta)
         /* If it was an L2 table, its cached copy is stale from now on. */
         cache_forget(q->l2_cache, ci << q->cluster_bits);
     }
+    return 0;
+}
+
+int qcow2_update_refcount(struct qcow2 *q, uint64_t ci, int64_t delta)
+{
+    uint64_t now;
+    return change_refcount(q, ci, delta, &now);
+}
+
+/* ---- giving freed clusters back to the host ---- */
+
+void qcow2_give_back_flush(struct qcow2 *q, struct give_back *g)
+{
+    if (g->n)
+        (void)file_discard(q->img.file, g->first << q->cluster_bits,
+                           g->n << q->cluster_bits);
+    g->n = 0;
+}
+
+int qcow2_drop_ref(struct qcow2 *q, uint64_t ci, struct give_back *g)
+{
+    uint64_t now;
+    int ret = change_refcount(q, ci, -1, &now);
+    if (ret < 0 || now != 0)
+        return ret;
+    if (g->n && ci != g->first + g->n)
+        qcow2_give_back_flush(q, g);
+    if (g->n == 0)
+        g->first = ci;
+    g->n++;
     return 0;
 }
 
@@ -402,19 +438,16 @@ void qcow2_compressed_range(const struct qcow2 *q, uint64_t entry,
     *len = nsect * 512;
 }
 
-/* Release what p still holds: drop one reference from each cluster, and
- * give a cluster that is now free back to the host (thin provisioning; a
- * freed cluster is never read before it is rewritten). */
-static int release(struct qcow2 *q, struct pending_free *p)
+/* Release what p still holds: drop one reference from each cluster; g
+ * collects the ones now free, to be given back to the host (thin
+ * provisioning; a freed cluster is never read before it is rewritten). */
+static int release(struct qcow2 *q, struct pending_free *p,
+                   struct give_back *g)
 {
-    const uint64_t cs = q->cluster_size;
     for (; p->first <= p->last; p->first++) {
-        int ret = qcow2_update_refcount(q, p->first, -1);
+        int ret = qcow2_drop_ref(q, p->first, g);
         if (ret < 0)
             return ret;
-        uint64_t rc;
-        if (qcow2_get_refcount(q, p->first, &rc) == 0 && rc == 0)
-            (void)file_discard(q->img.file, p->first * cs, cs);
     }
     return 0;
 }
@@ -439,9 +472,11 @@ void qcow2_free_later(struct qcow2 *q, uint64_t entry, bool compressed)
              * fails they leak (a leak is harmless, and qemu-img check -r
              * leaks takes them back): the new link is made, so failing the
              * request that made it would be false. */
+            struct give_back g = { 0 };
             int ret = qcow2_meta_sync(q);
             if (ret == 0)
-                ret = release(q, &f);
+                ret = release(q, &f, &g);
+            qcow2_give_back_flush(q, &g);
             if (ret < 0)
                 fprintf(stderr, "qlun: qcow2 %s: host clusters %" PRIu64
                         "..%" PRIu64 " leaked (%s)\n", q->path, f.first,
@@ -454,15 +489,31 @@ void qcow2_free_later(struct qcow2 *q, uint64_t entry, bool compressed)
     q->pending[q->npending++] = f;
 }
 
+static int by_first_cluster(const void *a, const void *b)
+{
+    const struct pending_free *x = a, *y = b;
+    return x->first < y->first ? -1 : x->first > y->first;
+}
+
+/* Called once the changes that dropped the references are durable (meta
+ * sync).  In host order, so that clusters freed next to each other go
+ * back to the host in one call and each refcount block is visited in one
+ * stretch: a hole punched on a file can cost a device discard per call.
+ * The runs are given back before the lock is released: once it is, a
+ * freed cluster may be allocated and written, and a late punch would
+ * destroy that data. */
 static int apply_pending(struct qcow2 *q)
 {
+    struct give_back g = { 0 };
     int ret = 0;
     size_t i;
+    qsort(q->pending, q->npending, sizeof(*q->pending), by_first_cluster);
     for (i = 0; i < q->npending; i++) {
-        ret = release(q, &q->pending[i]);
+        ret = release(q, &q->pending[i], &g);
         if (ret < 0)
             break;
     }
+    qcow2_give_back_flush(q, &g);
     /* What is not released yet stays queued for the next sync: dropping
      * it would leak those clusters. */
     memmove(q->pending, q->pending + i,

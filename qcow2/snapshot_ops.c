@@ -158,36 +158,11 @@ static int visit_undo_add(struct qcow2 *q, uint64_t ci, void *arg)
     return qcow2_update_refcount(q, ci, -1);
 }
 
-/* Dropping references.  A cluster nobody uses any more goes back to the
- * host (thin provisioning), as release() in refcount.c does; runs of such
- * clusters in one call, since a hole punched on a file can cost a
- * device discard each (measured: 1 GiB of 64 KiB clusters took 15 s to
- * give back one by one). */
-struct drop_state {
-    uint64_t first, n; /* freed clusters not yet given back */
-};
-
-static void give_back(struct qcow2 *q, struct drop_state *s)
-{
-    if (s->n)
-        (void)file_discard(q->img.file, s->first << q->cluster_bits,
-                           s->n << q->cluster_bits);
-    s->n = 0;
-}
-
+/* Dropping references: a cluster nobody uses any more goes back to the
+ * host, in runs (qcow2_drop_ref). */
 static int visit_drop(struct qcow2 *q, uint64_t ci, void *arg)
 {
-    struct drop_state *s = arg;
-    int ret = qcow2_update_refcount(q, ci, -1);
-    uint64_t rc;
-    if (ret < 0 || qcow2_get_refcount(q, ci, &rc) < 0 || rc != 0)
-        return ret;
-    if (s->n && ci != s->first + s->n)
-        give_back(q, s);
-    if (s->n == 0)
-        s->first = ci;
-    s->n++;
-    return 0;
+    return qcow2_drop_ref(q, ci, arg);
 }
 
 /* ---- the steps ---- */
@@ -309,11 +284,11 @@ static int switch_table(struct qcow2 *q, struct snapshot_table *t,
 
 static int free_clusters_of(struct qcow2 *q, uint64_t off, uint64_t bytes)
 {
-    struct drop_state s = { 0 };
+    struct give_back s = { 0 };
     int ret = 0;
     for (uint64_t i = 0; ret == 0 && i < clusters_for(q, bytes); i++)
         ret = visit_drop(q, (off >> q->cluster_bits) + i, &s);
-    give_back(q, &s);
+    qcow2_give_back_flush(q, &s);
     return ret;
 }
 
@@ -509,9 +484,9 @@ static int finish_delete(struct qcow2 *q, const struct snapshot *gone,
                          const uint64_t *l1, uint64_t old_off,
                          uint64_t old_bytes)
 {
-    struct drop_state s = { 0 };
+    struct give_back s = { 0 };
     int ret = walk_l1(q, l1, gone->l1_size, visit_drop, &s);
-    give_back(q, &s);
+    qcow2_give_back_flush(q, &s);
     if (ret == 0)
         ret = free_clusters_of(q, gone->l1_offset, (uint64_t)gone->l1_size * 8);
     if (ret == 0)
