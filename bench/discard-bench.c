@@ -26,6 +26,7 @@
 #include <time.h>
 
 #include "block/host.h"
+#include "bench_size.h"
 #include "block/image.h"
 
 static atomic_ulong n_fallocate, n_fdatasync, n_pwritev, n_ioctl;
@@ -54,18 +55,6 @@ static int count_ioctl(int fd, unsigned long req, uint64_t range[2])
 {
     atomic_fetch_add(&n_ioctl, 1);
     return real.blk_range_ioctl(fd, req, range);
-}
-
-static uint64_t parse_size(const char *s)
-{
-    char *end;
-    uint64_t v = strtoull(s, &end, 10);
-    switch (*end) {
-    case 'k': case 'K': return v << 10;
-    case 'm': case 'M': return v << 20;
-    case 'g': case 'G': return v << 30;
-    default: return v;
-    }
 }
 
 static int issue(struct image *img, const char *mode, uint64_t off,

@@ -23,6 +23,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "bench_size.h"
 #include "block/image.h"
 
 static struct image *img;
@@ -72,18 +73,6 @@ static void *worker(void *arg)
     }
     free(buf);
     return NULL;
-}
-
-static uint64_t parse_size(const char *s)
-{
-    char *end;
-    uint64_t v = strtoull(s, &end, 10);
-    switch (*end) {
-    case 'k': case 'K': return v << 10;
-    case 'm': case 'M': return v << 20;
-    case 'g': case 'G': return v << 30;
-    default: return v;
-    }
 }
 
 static void usage(void)
