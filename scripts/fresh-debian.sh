@@ -297,6 +297,6 @@ echo "test-all.sh: exit status $rc ($t_test s; log $log)"
 grep -E '^[0-9]+% tests passed|^The following tests FAILED|^[[:space:]]+[0-9]+ - |^test-all.sh: ' "$log" |
     sed 's/^/             /' || true
 echo "checks:      packages and rig/e2e commands: $([ "$check_rc" = 0 ] && echo ok || echo MISSING, see above)"
-echo "time:        ${wall} s wall (root ready in ${t_base} s)"
+echo "time:        ${wall} s wall (cached debootstrap ready in ${t_base} s)"
 echo "RESULT:      $result"
 [ "$result" = PASS ]
