@@ -874,6 +874,15 @@ static int zero_cluster(struct qcow2 *q, uint64_t gc, uint64_t a, uint64_t b,
 
     if (a == 0 && b == cs) {
         bool keep = false;
+        /* Already zeros with no host cluster to keep or free, and nothing
+         * below to show through (reads_zero): a zero flag would change
+         * nothing a reader sees, yet cost an L2 table (allocated, written
+         * and flushed before its L1 entry) where there was none, as when
+         * an initiator zeroes a whole empty LUN.  A discard goes on
+         * below: it makes zero clusters unallocated. */
+        if (mode != Z_DISCARD && !e.host && !e.compressed &&
+            reads_zero(q, &e, 0, cs))
+            goto unlock;
         if (!q->img.backing && (mode == Z_DISCARD || (!v3 && mode == Z_UNMAP))) {
             entry = 0; /* unallocated reads as zeros without a backing file */
         } else if (v3) {
