@@ -97,6 +97,13 @@ static inline int file_truncate(struct image *f, uint64_t size)
     return host_truncate(file_host(f), size);
 }
 
+/* Blocks for [off, off+len) without data (host_preallocate). */
+static inline int file_preallocate(struct image *f, uint64_t off,
+                                   uint64_t len, bool keep_size)
+{
+    return host_preallocate(file_host(f), off, len, keep_size);
+}
+
 static inline int64_t file_allocated_bytes(struct image *f)
 {
     return host_allocated_bytes(file_host(f));

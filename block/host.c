@@ -533,6 +533,19 @@ int host_discard(struct host *h, uint64_t off, uint64_t len)
     return 0;
 }
 
+int host_preallocate(struct host *h, uint64_t off, uint64_t len,
+                     bool keep_size)
+{
+    if (h->is_blockdev)
+        return -ENOTSUP;
+    int ret = check_writable(h);
+    if (ret < 0 || len == 0)
+        return ret;
+    if (sys_fallocate(h, keep_size ? FALLOC_FL_KEEP_SIZE : 0, off, len) < 0)
+        return errno == EOPNOTSUPP ? -ENOTSUP : -errno;
+    return 0;
+}
+
 int host_truncate(struct host *h, uint64_t size)
 {
     if (h->is_blockdev)

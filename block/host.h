@@ -122,6 +122,14 @@ int host_zero(struct host *h, uint64_t off, uint64_t len, bool may_unmap);
  * Returns -ENOTSUP if not possible. */
 int host_discard(struct host *h, uint64_t off, uint64_t len);
 
+/* Allocate blocks for [off, off+len) of a regular file without writing
+ * data: what was a hole reads as zeros, what held data keeps it.
+ * keep_size: the file's length does not change (blocks past the end
+ * stay invisible until a write reaches them).  -ENOTSUP on devices and
+ * on file systems without fallocate. */
+int host_preallocate(struct host *h, uint64_t off, uint64_t len,
+                     bool keep_size);
+
 /* Set the length of a regular file (no-op error -ENOTSUP on devices). */
 int host_truncate(struct host *h, uint64_t size);
 

@@ -428,6 +428,7 @@ static int open_image(struct qcow2 *q, const struct image_open_opts *opts,
         .can_discard = true,
         .discard_zeroes = true,
     };
+    qcow2_prealloc_open(q);
     free(c0);
     return 0;
 fail:

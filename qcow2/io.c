@@ -1056,6 +1056,10 @@ static int qcow2_close(struct image *img)
                                                  q->incompat &
                                                      ~INCOMPAT_DIRTY);
             }
+            /* After everything is durable: it cuts only what lies past
+             * host_end, where nothing of the image is. */
+            if (ret == 0)
+                ret = qcow2_prealloc_close(q);
         }
         pthread_mutex_unlock(&q->lock);
     }
@@ -1081,6 +1085,7 @@ const struct image_ops qcow2_ops = {
     .zero = qcow2_zero,
     .discard = qcow2_discard,
     .block_status = qcow2_block_status,
+    .allocated_bytes = qcow2_allocated_bytes,
     .close = qcow2_close,
     .resize = qcow2_resize,
     .snapshot_create = qcow2_snapshot_create,

@@ -15,6 +15,7 @@
  *   io.c        readv/writev/zero/discard/block_status/flush/close,
  *               the guest range lock
  *   resize.c    changing the virtual size (L1 growth, guarded shrink)
+ *   prealloc.c  host blocks allocated ahead of the image's end (files)
  *   backing_file.c  naming a new backing file (cluster 0 rewrite)
  *
  * Locking.  q->lock (the "metadata lock") protects every field below that
@@ -234,6 +235,10 @@ struct qcow2 {
                                * a cluster allocated there reads as zeros
                                * (io.c alloc_data_cluster) */
     uint64_t dev_clusters;    /* devices: clusters that fit; files: 0 */
+    bool prealloc;            /* preallocating ahead (prealloc.c) */
+    uint64_t prealloc_end;    /* bytes: the file's blocks were
+                               * preallocated up to here (fallocate mode 0:
+                               * its length too); host_end at open */
     struct pending_free *pending;
     size_t npending, pending_cap;
     bool lazy;                /* lazy refcounts in use (dirty bit) */
@@ -470,6 +475,30 @@ int qcow2_decompress_cluster(struct qcow2 *q, uint64_t entry, uint8_t *out);
 /* image_ops.resize (block/image.h). */
 int qcow2_resize(struct image *img, uint64_t new_size, bool force,
                  char *err, size_t errlen);
+
+/* ---- prealloc.c ---- */
+
+/* Preallocation steps: at least MIN (and ending on a MIN boundary), an
+ * eighth of the image, at most MAX (QEMU's preallocate filter's
+ * prealloc-align and prealloc-size). */
+#define QCOW2_PREALLOC_MIN (1ull << 20)
+#define QCOW2_PREALLOC_MAX (128ull << 20)
+
+/* The step when the image holds host_end bytes. */
+uint64_t qcow2_prealloc_step(uint64_t host_end);
+/* At open, after host_end is known: decide whether to preallocate
+ * (writable regular files opened with O_DIRECT). */
+void qcow2_prealloc_open(struct qcow2 *q);
+/* After host_end was raised, before anything is written past the old
+ * value: preallocate a step ahead if host_end passed prealloc_end.  Lock
+ * held.  Never fails (a failed fallocate only means no preallocation). */
+void qcow2_prealloc_ahead(struct qcow2 *q);
+/* At close, after the last flush: truncate the file back to host_end
+ * (the preallocation not reached).  Lock held. */
+int qcow2_prealloc_close(struct qcow2 *q);
+/* struct image_ops.allocated_bytes: the host's use minus the
+ * preallocation not yet reached by host_end. */
+int64_t qcow2_allocated_bytes(struct image *img);
 
 /* ---- io.c ---- */
 

@@ -149,6 +149,7 @@ static int grow_reftable(struct qcow2 *q, uint64_t need)
     /* Before anything is written there, even if the growth then fails:
      * io.c takes clusters at or past host_end to read as zeros. */
     q->host_end = MAX(q->host_end, end * cs);
+    qcow2_prealloc_ahead(q);
     /* Block b sits at cluster start + b and describes range old + b. */
     for (uint64_t b = 0; b < nblocks; b++) {
         uint64_t first = start + b * N;
@@ -225,6 +226,7 @@ static int ensure_block(struct qcow2 *q, uint64_t ri, uint64_t *off)
     /* Raised before the write, which may fail half done: io.c takes
      * clusters at or past host_end to read as zeros. */
     q->host_end = MAX(q->host_end, boff + cs);
+    qcow2_prealloc_ahead(q);
     ret = file_pwrite(q->img.file, buf, cs, boff);
     free(buf);
     /* The block must be on disk before the table entry points to it. */
@@ -419,6 +421,7 @@ static int64_t find_and_claim(struct qcow2 *q, uint64_t k, uint64_t n,
         }
     }
     q->host_end = MAX(q->host_end, (k + got) << q->cluster_bits);
+    qcow2_prealloc_ahead(q);
     *off = k << q->cluster_bits;
     return (int64_t)got;
 }

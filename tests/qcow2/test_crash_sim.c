@@ -220,6 +220,18 @@ static const struct config configs[] = {
         .direct = true,
         .long_only = true,
     },
+    {
+        /* O_DIRECT on a file: allocations past the end go into space
+         * preallocated ahead (qcow2/prealloc.c: fallocate mode 0, the
+         * file truncated back to host_end at close). */
+        .name = "v3 64k O_DIRECT, preallocation ahead, close",
+        .opts = "compat=1.1,cluster_size=65536",
+        .size = 8 << 20,
+        .setup = "-c 'write -P 0xa1 0 256k'",
+        .nops = 160,
+        .direct = true,
+        .end_close = true,
+    },
 };
 
 static bool long_mode;
