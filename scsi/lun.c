@@ -234,14 +234,12 @@ static int exec_command(struct scsi_lun *lun, struct scsi_cmd *cmd)
         return scsi_fail(cmd, SK_ILLEGAL_REQUEST, ASC_INVALID_COMMAND_OPCODE);
 
     uint8_t opcode = cmd->cdb[0];
-    scsi_stat_add(lun, commands[opcode], 1);
-
     int st;
     if (reports_unit_attention(opcode) && atomic_load(&lun->pending_ua)) {
         int asc = take_unit_attention(lun);
         if (asc) {
             st = scsi_fail(cmd, SK_UNIT_ATTENTION, (enum sense_asc)asc);
-            goto out;
+            goto unrouted;
         }
     }
 
@@ -250,27 +248,33 @@ static int exec_command(struct scsi_lun *lun, struct scsi_cmd *cmd)
     if (need && scsi_opcode_known(opcode)) {
         if (cmd->cdb_len < need) {
             st = scsi_fail_cdb_field(cmd, 0, -1);
-            goto out;
+            goto unrouted;
         }
         uint16_t sa = scsi_opcode_has_sa(opcode) ? cmd->cdb[1] & 0x1f : 0;
         op = scsi_opcode_find(opcode, sa);
         if (!op) {
             /* A known opcode with a service action we lack. */
             st = scsi_fail_cdb_field(cmd, 1, 4);
-            goto out;
+            goto unrouted;
         }
     }
     if (!op) {
         st = scsi_fail(cmd, SK_ILLEGAL_REQUEST, ASC_INVALID_COMMAND_OPCODE);
-        goto out;
+        goto unrouted;
     }
     /* CONTROL byte: NACA asks for ACA, which we do not offer. */
     if (cmd->cdb[need - 1] & 0x04) {
         st = scsi_fail_cdb_field(cmd, (unsigned)need - 1, 2);
-        goto out;
+        goto unrouted;
     }
+    /* One counter per command: a command that reaches its handler counts
+     * by command only (its opcode's count is the sum, scsi_lun_get_stats),
+     * one that does not by opcode only. */
     scsi_stat_add(lun, by_command[scsi_opcode_index(op)], 1);
     st = op->exec(lun, cmd);
+    goto out;
+unrouted:
+    scsi_stat_add(lun, unrouted[opcode], 1);
 out:
     if (st != SCSI_STATUS_GOOD)
         scsi_stat_add(lun, errors, 1);
@@ -280,7 +284,10 @@ out:
 void scsi_lun_get_stats(struct scsi_lun *lun, struct scsi_lun_stats *out)
 {
     for (int i = 0; i < 256; i++)
-        out->commands[i] = atomic_load(&lun->stats.commands[i]);
+        out->commands[i] = atomic_load(&lun->stats.unrouted[i]);
+    for (size_t i = 0; i < scsi_opcode_count(); i++)
+        out->commands[scsi_opcode_at(i)->opcode] +=
+            atomic_load(&lun->stats.by_command[i]);
     out->errors = atomic_load(&lun->stats.errors);
     out->bytes_read = atomic_load(&lun->stats.bytes_read);
     out->bytes_written = atomic_load(&lun->stats.bytes_written);
@@ -306,22 +313,21 @@ int scsi_lun_stats_json(struct scsi_lun *lun, char *buf, size_t size)
     /* Implemented commands by name (service actions apart), then what
      * was left: opcodes we lack, or a service action we lack. */
     bool first = true;
-    uint64_t named[256] = { 0 };
     for (size_t i = 0; i < scsi_opcode_count(); i++) {
         const struct scsi_opcode *o = scsi_opcode_at(i);
         uint64_t count = atomic_load(&lun->stats.by_command[i]);
-        named[o->opcode] += count;
         if (!count)
             continue;
         APPEND("%s\"%s\":%" PRIu64, first ? "" : ",", o->name, count);
         first = false;
     }
     for (int op = 0; op < 256; op++) {
-        if (s.commands[op] <= named[op])
+        uint64_t count = atomic_load(&lun->stats.unrouted[op]);
+        if (!count)
             continue;
         APPEND("%s\"opcode 0x%02x%s\":%" PRIu64, first ? "" : ",", op,
                scsi_opcode_known((uint8_t)op) ? " (other service action)" : "",
-               s.commands[op] - named[op]);
+               count);
         first = false;
     }
     APPEND("}}");

@@ -1,6 +1,7 @@
 /* qlun — the table of commands we implement, with their CDB usage data
  * (what REPORT SUPPORTED OPERATION CODES returns), and that command. */
 #include <assert.h>
+#include <pthread.h>
 #include <string.h>
 
 #include "common/util.h"
@@ -82,7 +83,8 @@ static const struct scsi_opcode opcodes[] = {
     { 0xaf, 0, 12, sbc_verify, "VERIFY (12)", U_VERIFY12 },
 };
 
-_Static_assert(ARRAY_SIZE(opcodes) <= SCSI_MAX_COMMANDS,
+_Static_assert(ARRAY_SIZE(opcodes) <= SCSI_MAX_COMMANDS &&
+               ARRAY_SIZE(opcodes) < 256,
                "raise SCSI_MAX_COMMANDS");
 
 size_t scsi_opcode_count(void)
@@ -108,21 +110,41 @@ bool scsi_opcode_has_sa(uint8_t opcode)
     return opcode == 0x9e || opcode == 0xa3;
 }
 
+/* Every command looks its opcode up: an index by opcode byte instead of a
+ * scan of the table (which cost as much as the rest of a READ's decoding).
+ * first_of[op] is 1 + the index of the first entry for op, 0 for none; an
+ * opcode's entries are adjacent (the table is in opcode order), so those
+ * that differ by service action follow its first. */
+static uint8_t first_of[256];
+static pthread_once_t first_of_once = PTHREAD_ONCE_INIT;
+
+static void build_first_of(void)
+{
+    for (size_t i = ARRAY_SIZE(opcodes); i-- > 0;) {
+        assert(i == 0 || opcodes[i - 1].opcode <= opcodes[i].opcode);
+        first_of[opcodes[i].opcode] = (uint8_t)(i + 1);
+    }
+}
+
 const struct scsi_opcode *scsi_opcode_find(uint8_t opcode, uint16_t sa)
 {
-    for (size_t i = 0; i < ARRAY_SIZE(opcodes); i++)
-        if (opcodes[i].opcode == opcode &&
-            (!scsi_opcode_has_sa(opcode) || opcodes[i].sa == sa))
+    pthread_once(&first_of_once, build_first_of);
+    size_t first = first_of[opcode];
+    if (!first)
+        return NULL;
+    if (!scsi_opcode_has_sa(opcode))
+        return &opcodes[first - 1];
+    for (size_t i = first - 1; i < ARRAY_SIZE(opcodes) &&
+                               opcodes[i].opcode == opcode; i++)
+        if (opcodes[i].sa == sa)
             return &opcodes[i];
     return NULL;
 }
 
 bool scsi_opcode_known(uint8_t opcode)
 {
-    for (size_t i = 0; i < ARRAY_SIZE(opcodes); i++)
-        if (opcodes[i].opcode == opcode)
-            return true;
-    return false;
+    pthread_once(&first_of_once, build_first_of);
+    return first_of[opcode] != 0;
 }
 
 /* Command timeouts descriptor (SPC-5 6.35.4): we give no figures. */

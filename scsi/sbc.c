@@ -106,28 +106,34 @@ static int check_rw(struct scsi_lun *lun, struct scsi_cmd *cmd,
     return SCSI_STATUS_GOOD;
 }
 
-/* Run an image operation on exactly the first len bytes of cmd's buffer
- * (the transport's buffer may be longer). */
-static int with_data(struct scsi_cmd *cmd, size_t len, bool write,
-                     struct image *img, uint64_t off)
+/* Run an image operation on exactly the first len bytes of cmd's buffer,
+ * which holds total bytes (the transport's buffer may be longer). */
+static int with_data(struct scsi_cmd *cmd, size_t len, size_t total,
+                     bool write, struct image *img, uint64_t off)
 {
     const struct iovec *iov = cmd->iov;
     int cnt = cmd->iovcnt;
-    struct iovec *sliced = NULL;
-    if (iov_size(iov, cnt) != len) {
-        sliced = malloc(sizeof(*sliced) * (size_t)MAX(cnt, 1));
+    /* The slice of a short vector (TCMU's usually has one entry) lives on
+     * the stack: no allocation per command. */
+    struct iovec small[16], *sliced = NULL;
+    if (total != len) {
+        sliced = cnt <= (int)ARRAY_SIZE(small)
+                 ? small : malloc(sizeof(*sliced) * (size_t)cnt);
         if (!sliced)
             return -ENOMEM;
-        cnt = iov_slice(sliced, cnt, iov, cnt, 0, len);
-        if (cnt < 0) {
-            free(sliced);
+        int n = iov_slice(sliced, cnt, iov, cnt, 0, len);
+        if (n < 0) {
+            if (sliced != small)
+                free(sliced);
             return -EINVAL;
         }
         iov = sliced;
+        cnt = n;
     }
     int ret = write ? image_writev(img, iov, cnt, off, 0)
                     : image_readv(img, iov, cnt, off);
-    free(sliced);
+    if (sliced != small)
+        free(sliced);
     return ret;
 }
 
@@ -140,16 +146,17 @@ int sbc_read(struct scsi_lun *lun, struct scsi_cmd *cmd)
         return st;
     /* The transport may carry less than the CDB asks (an initiator's
      * expected length shorter than the transfer): fill what it carries. */
+    size_t total = iov_size(cmd->iov, cmd->iovcnt);
     size_t len = (size_t)MIN(r.num_blocks << lun->block_shift,
-                             (uint64_t)iov_size(cmd->iov, cmd->iovcnt));
+                             (uint64_t)total);
     if (len == 0)
         return SCSI_STATUS_GOOD;
-    int ret = with_data(cmd, len, false, lun->img, r.lba << lun->block_shift);
+    int ret = with_data(cmd, len, total, false, lun->img,
+                        r.lba << lun->block_shift);
     if (ret < 0)
         return scsi_fail_errno(cmd, ret, r.lba, false);
     cmd->data_in_len = len;
     /* A buffer longer than the transfer goes back whole: no stale bytes. */
-    size_t total = iov_size(cmd->iov, cmd->iovcnt);
     if (total > len)
         iov_memset(cmd->iov, cmd->iovcnt, len, 0, total - len);
     scsi_stat_add(lun, bytes_read, len);
@@ -173,11 +180,13 @@ int sbc_write(struct scsi_lun *lun, struct scsi_cmd *cmd)
     size_t len = (size_t)(r.num_blocks << lun->block_shift);
     if (len == 0)
         return SCSI_STATUS_GOOD;
-    if (iov_size(cmd->iov, cmd->iovcnt) < len)
+    size_t total = iov_size(cmd->iov, cmd->iovcnt);
+    if (total < len)
         return scsi_fail_cdb_field(cmd, r.len_byte, -1);
 
     lun_change_begin(lun, LUN_CHANGE_SHARED);
-    int ret = with_data(cmd, len, true, lun->img, r.lba << lun->block_shift);
+    int ret = with_data(cmd, len, total, true, lun->img,
+                        r.lba << lun->block_shift);
     ret = lun_change_end(lun, ret, LUN_CHANGE_WRITE, ret == 0 ? len : 0,
                          sbc_fua(r.flags));
     if (ret < 0)

@@ -95,10 +95,13 @@ struct scsi_lun {
     atomic_uint writes_since_check;
 
     struct {
-        atomic_uint_least64_t commands[256];   /* by opcode */
-        /* by implemented command (service actions apart): index in the
-         * opcode table */
+        /* Each command is counted once, in one of these: */
+        /* ... if it reached its handler, by implemented command (service
+         * actions apart): index in the opcode table; */
         atomic_uint_least64_t by_command[SCSI_MAX_COMMANDS];
+        /* ... else by opcode (unknown, a service action we lack, a bad
+         * CDB, a unit attention reported instead). */
+        atomic_uint_least64_t unrouted[256];
         atomic_uint_least64_t errors;
         atomic_uint_least64_t bytes_read;
         atomic_uint_least64_t bytes_written;

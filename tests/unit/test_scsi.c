@@ -3,12 +3,15 @@
 #include <pthread.h>
 #include <time.h>
 
+#include "common/iov.h"
 #include "common/util.h"
 #include "scsi/scsi.h"
+#include "scsi/scsi-internal.h"
 
 #include "memimage.h"
 #include "scsi_harness.h"
 
+#define SA_READ_CAPACITY16 0x10
 #define BLOCKS 16384u   /* 8 MiB of 512-byte blocks */
 
 static void cdb_rw10(uint8_t *c, uint8_t op, uint32_t lba, uint16_t n,
@@ -304,6 +307,37 @@ static void test_read_write(struct scsi_lun *lun, struct memimage *m)
     CHECK(memcmp(p1, big, 100) == 0 && memcmp(p2, big + 100, 1000) == 0 &&
           memcmp(p3, big + 1100, 436) == 0);
 
+    /* A transport buffer longer than the CDB asks, in pieces (few: the
+     * slice is on the stack; many: on the heap): a write takes only the
+     * transfer, a read fills it and zeroes the rest. */
+    for (int pieces = 3; pieces <= 40; pieces += 37) {
+        static uint8_t src[3 * 512], dst[3 * 512];
+        struct iovec vs[40];
+        size_t each = sizeof(src) / (size_t)pieces;
+        for (int i = 0; i < pieces; i++)
+            vs[i] = (struct iovec){ src + (size_t)i * each,
+                                    i == pieces - 1
+                                    ? sizeof(src) - (size_t)i * each : each };
+        fill(src, sizeof(src), (uint8_t)(20 + pieces));
+        memset(m->data + 30 * 512, 0xee, 3 * 512);
+        cdb_rw10(c, 0x2a, 30, 2, 0);
+        memset(&last, 0, sizeof(last));
+        last.cdb = c, last.cdb_len = 10, last.iov = vs, last.iovcnt = pieces;
+        CHECK_EQ(scsi_lun_exec(lun, &last), SCSI_STATUS_GOOD);
+        CHECK(memcmp(m->data + 30 * 512, src, 2 * 512) == 0);
+        CHECK_EQ(m->data[32 * 512], 0xee);
+        for (int i = 0; i < pieces; i++)
+            vs[i].iov_base = dst + (size_t)i * each;
+        memset(dst, 0x77, sizeof(dst));
+        cdb_rw10(c, 0x28, 30, 2, 0);
+        memset(&last, 0, sizeof(last));
+        last.cdb = c, last.cdb_len = 10, last.iov = vs, last.iovcnt = pieces;
+        CHECK_EQ(scsi_lun_exec(lun, &last), SCSI_STATUS_GOOD);
+        CHECK_EQ(last.data_in_len, 2 * 512);
+        CHECK(memcmp(dst, src, 2 * 512) == 0);
+        CHECK(buf_is_zero(dst + 2 * 512, 512));
+    }
+
     /* A transport buffer shorter than the CDB asks: reads fill it,
      * writes are refused. */
     cdb_rw10(c, 0x28, 10, 2, 0);
@@ -522,6 +556,72 @@ static void test_in_flight(struct scsi_lun *lun)
     CHECK_EQ(scsi_lun_in_flight(lun), 0);
 }
 
+/* The opcode index answers as a scan of the table would. */
+static void test_opcode_lookup(void)
+{
+    size_t n = scsi_opcode_count();
+    for (size_t i = 0; i < n; i++) {
+        const struct scsi_opcode *o = scsi_opcode_at(i);
+        CHECK(scsi_opcode_find(o->opcode, o->sa) == o);
+        CHECK_EQ(scsi_opcode_index(o), i);
+    }
+    for (int op = 0; op < 256; op++) {
+        const struct scsi_opcode *want = NULL;
+        for (size_t i = 0; i < n && !want; i++)
+            if (scsi_opcode_at(i)->opcode == op)
+                want = scsi_opcode_at(i);
+        CHECK_EQ(scsi_opcode_known((uint8_t)op), want != NULL);
+        if (want && !scsi_opcode_has_sa((uint8_t)op))
+            CHECK(scsi_opcode_find((uint8_t)op, 0x1f) == want);
+        if (!want || scsi_opcode_has_sa((uint8_t)op))
+            CHECK(scsi_opcode_find((uint8_t)op, 0x1e) == NULL);
+    }
+}
+
+/* Statistics count every command once under its opcode, whether it reached
+ * its handler or failed before (a bad CDB, a service action we lack, an
+ * opcode we lack); the JSON names the first kind by command and the second
+ * by opcode.  Each opcode's table entry is found by its opcode and service
+ * action. */
+static void test_command_counts(void)
+{
+    struct memimage *m = memimage_new(1 << 20);
+    struct scsi_lun *lun = make_lun(m, 512, "counts", false);
+    uint8_t c[16], b[512];
+    for (int i = 0; i < 2; i++) {
+        cdb_rw10(c, 0x28, 0, 1, 0);
+        CHECK_EQ(run(lun, c, 10, b, sizeof(b)), SCSI_STATUS_GOOD);
+    }
+    cdb_rw10(c, 0x28, 0, 1, 0);
+    c[9] = 0x04;                                    /* NACA */
+    CHECK_SENSE(run(lun, c, 10, b, sizeof(b)), 5, 0x2400);
+    cdb_rw16(c, 0x9e, 0, 0, SA_READ_CAPACITY16);
+    put_be32(c + 10, 32);
+    CHECK_EQ(run(lun, c, 16, b, 32), SCSI_STATUS_GOOD);
+    cdb_rw16(c, 0x9e, 0, 0, 0x1f);                  /* no such action */
+    CHECK_SENSE(run(lun, c, 16, NULL, 0), 5, 0x2400);
+    memset(c, 0, sizeof(c));
+    c[0] = 0xff;                                    /* no such opcode */
+    CHECK_SENSE(run(lun, c, 16, NULL, 0), 5, 0x2000);
+
+    struct scsi_lun_stats s;
+    scsi_lun_get_stats(lun, &s);
+    CHECK_EQ(s.commands[0x28], 3);
+    CHECK_EQ(s.commands[0x9e], 2);
+    CHECK_EQ(s.commands[0xff], 1);
+    CHECK_EQ(s.errors, 3);
+    CHECK_EQ(s.bytes_read, 2 * 512);
+    char json[4096];
+    CHECK(scsi_lun_stats_json(lun, json, sizeof(json)) > 0);
+    CHECK(strstr(json, "\"READ (10)\":2") != NULL);
+    CHECK(strstr(json, "\"READ CAPACITY (16)\":1") != NULL);
+    CHECK(strstr(json, "\"opcode 0x28 (other service action)\":1") != NULL);
+    CHECK(strstr(json, "\"opcode 0x9e (other service action)\":1") != NULL);
+    CHECK(strstr(json, "\"opcode 0xff\":1") != NULL);
+    scsi_lun_free(lun);
+    image_close(&m->img);
+}
+
 int main(void)
 {
     struct memimage *m = memimage_new((uint64_t)BLOCKS * 512);
@@ -540,6 +640,8 @@ int main(void)
     test_became_corrupt();
     test_4k();
     test_in_flight(lun);
+    test_command_counts();
+    test_opcode_lookup();
 
     scsi_lun_free(lun);
     image_close(&m->img);
