@@ -252,7 +252,7 @@ for c in qemu-system-x86_64 busybox cpio gzip xz zstd file mkfs.ext4 debugfs tim
          qemu-img qemu-io python3 tcmu-runner targetcli iscsiadm iscsid \
          sg_inq sg_vpd sg_readcap sg_raw sg_sync fio iscsi-test-cu iscsi-inq \
          dbus-daemon dbus-send modprobe insmod losetup blockdev blkdiscard fstrim \
-         fallocate mount ip pidof od cmp md5sum awk; do
+         fallocate mount ip pidof od cmp md5sum awk jq; do
     command -v "$c" >/dev/null || { echo "  MISSING command $c"; bad=1; }
 done
 [ -e /usr/lib/x86_64-linux-gnu/qemu/block-iscsi.so ] ||

@@ -20,6 +20,7 @@ PKGS="
   tcmu-runner targetcli-fb python3-rtslib-fb python3-dbus python3-gi
   dbus dbus-bin dbus-daemon
   open-iscsi sg3-utils fio libiscsi-bin qemu-block-extra
+  jq
 "
 
 # shellcheck disable=SC2086
