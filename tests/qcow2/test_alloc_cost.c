@@ -24,38 +24,8 @@
 #include "block/host.h"
 #include "common/util.h"
 #include "qcow2/qcow2-internal.h"
+#include "host_log.h"
 #include "qtest.h"
-
-static ssize_t (*real_pwritev)(int, const struct iovec *, int, off_t);
-static int (*real_fallocate)(int, int, off_t, off_t);
-static int n_pwritev, n_fallocate;
-static size_t pwritev_bytes;
-static bool refuse_punch;
-
-static ssize_t hook_pwritev(int fd, const struct iovec *iov, int cnt,
-                            off_t off)
-{
-    n_pwritev++;
-    for (int i = 0; i < cnt; i++)
-        pwritev_bytes += iov[i].iov_len;
-    return real_pwritev(fd, iov, cnt, off);
-}
-
-static int hook_fallocate(int fd, int mode, off_t off, off_t len)
-{
-    n_fallocate++;
-    if (refuse_punch && (mode & FALLOC_FL_PUNCH_HOLE)) {
-        errno = EOPNOTSUPP;
-        return -1;
-    }
-    return real_fallocate(fd, mode, off, len);
-}
-
-static void count_reset(void)
-{
-    n_pwritev = n_fallocate = 0;
-    pwritev_bytes = 0;
-}
 
 /* Host offset of guest cluster gc's data (0: none). */
 static uint64_t host_of(struct image *img, uint64_t gc)
@@ -93,15 +63,18 @@ static void check_fresh_write(const char *dir, const char *opts, bool direct,
     memset(buf, 0x3c, 65536);
     QT_CHECK(image_write(img, buf, 4096, 0, 0) == 0);
     QT_CHECK(image_flush(img) == 0);
-    count_reset();
+    host_log_reset();
     QT_CHECK(image_write(img, buf, 4096, 65536 + at, 0) == 0);
-    printf("%s%s: allocating 4 KiB write: %d pwritev (%zu bytes), %d "
-           "fallocate\n", opts, direct ? " O_DIRECT" : "", n_pwritev,
-           pwritev_bytes, n_fallocate);
-    if (n_pwritev != 1 || pwritev_bytes != 4096 || n_fallocate != 0)
+    size_t writes = host_log_count(HOST_WRITE);
+    uint64_t bytes = host_log_bytes(HOST_WRITE);
+    size_t fallocs = host_log_count(HOST_FALLOC);
+    printf("%s%s: allocating 4 KiB write: %zu pwritev (%" PRIu64 " bytes), "
+           "%zu fallocate\n", opts, direct ? " O_DIRECT" : "", writes, bytes,
+           fallocs);
+    if (writes != 1 || bytes != 4096 || fallocs != 0)
         QT_FAIL("%s: allocating 4 KiB write past the end of the file made "
-                "%d pwritev (%zu bytes) and %d fallocate; want 1, 4096, 0",
-                opts, n_pwritev, pwritev_bytes, n_fallocate);
+                "%zu pwritev (%" PRIu64 " bytes) and %zu fallocate; want 1, "
+                "4096, 0", opts, writes, bytes, fallocs);
     uint8_t back[65536];
     QT_CHECK(image_read(img, back, 65536, 65536) == 0);
     for (size_t i = 0; i < 65536; i++)
@@ -139,12 +112,12 @@ static void check_reused_cluster(const char *dir, const char *opts)
     QT_CHECK(image_write(img, buf, cs, cs, 0) == 0); /* keeps the file long */
     QT_CHECK(image_flush(img) == 0);
     uint64_t old = host_of(img, 0);
-    refuse_punch = true;
+    host_log_refuse = FALLOC_FL_PUNCH_HOLE;
     QT_CHECK(image_discard(img, 0, cs) == 0);
     QT_CHECK(image_flush(img) == 0); /* applies the free */
     memset(buf, 0x17, 4096);
     QT_CHECK(image_write(img, buf, 4096, 2 * cs + 4096, 0) == 0);
-    refuse_punch = false;
+    host_log_refuse = 0;
     uint64_t now = host_of(img, 2);
     if (old == 0 || now != old)
         QT_FAIL("%s: the freed host cluster %#" PRIx64 " was not reused "
@@ -172,10 +145,7 @@ static void check_reused_cluster(const char *dir, const char *opts)
 int main(void)
 {
     qt_require_qemu();
-    real_pwritev = host_sys.pwritev;
-    real_fallocate = host_sys.fallocate;
-    host_sys.pwritev = hook_pwritev;
-    host_sys.fallocate = hook_fallocate;
+    host_log_install();
     char dir[4096];
     qt_mkdtemp(dir, sizeof(dir), "alloccost");
     /* Unaligned: head and tail inside the touched subclusters. */

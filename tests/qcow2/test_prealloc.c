@@ -34,39 +34,12 @@
 #include "block/host.h"
 #include "common/util.h"
 #include "qcow2/qcow2-internal.h"
+#include "host_log.h"
 #include "qtest.h"
 #include "scsi/scsi.h"
 
 /* Blocks a file system may count in st_blocks beyond the file's data. */
 #define FS_SLACK (64 * 1024)
-
-static ssize_t (*real_pwritev)(int, const struct iovec *, int, off_t);
-static int (*real_fallocate)(int, int, off_t, off_t);
-static int n_pwritev, n_fallocate, n_prealloc;
-static size_t pwritev_bytes;
-
-static ssize_t hook_pwritev(int fd, const struct iovec *iov, int cnt,
-                            off_t off)
-{
-    n_pwritev++;
-    for (int i = 0; i < cnt; i++)
-        pwritev_bytes += iov[i].iov_len;
-    return real_pwritev(fd, iov, cnt, off);
-}
-
-static int hook_fallocate(int fd, int mode, off_t off, off_t len)
-{
-    n_fallocate++;
-    if (mode == 0)
-        n_prealloc++;
-    return real_fallocate(fd, mode, off, len);
-}
-
-static void count_reset(void)
-{
-    n_pwritev = n_fallocate = n_prealloc = 0;
-    pwritev_bytes = 0;
-}
 
 static struct stat stat_of(const char *path)
 {
@@ -108,6 +81,29 @@ static struct image *open_direct(const char *path)
     return img;
 }
 
+/* A new 1 GiB qcow2 image DIR/NAME (its path in path) opened with
+ * O_DIRECT; NULL (a failure reported) if it cannot be made. */
+static struct image *new_direct_image(const char *dir, const char *name,
+                                      char *path, size_t pathlen)
+{
+    snprintf(path, pathlen, "%s/%s", dir, name);
+    if (!qt_must("qemu-img create -q -f qcow2 '%s' 1G", path))
+        return NULL;
+    return open_direct(path);
+}
+
+/* 4 KiB of byte, aligned for O_DIRECT; NULL (a failure reported) if
+ * there is no memory. */
+static uint8_t *aligned_block(int byte)
+{
+    void *buf;
+    if (posix_memalign(&buf, 4096, 4096)) {
+        QT_FAIL("posix_memalign");
+        return NULL;
+    }
+    return memset(buf, byte, 4096);
+}
+
 /* Bytes [from, to) of the host file read as zeros. */
 static bool host_zeros(const char *path, uint64_t from, uint64_t to)
 {
@@ -145,37 +141,38 @@ static void write_in_step(struct image *img, const uint8_t *buf, int n,
                           size_t at)
 {
     for (int i = 1; i <= n; i++) {
-        count_reset();
+        host_log_reset();
         QT_CHECK(image_write(img, buf, 4096, (uint64_t)2 * i * 65536 + at,
                              0) == 0);
-        if (n_pwritev != 1 || pwritev_bytes != 4096 || n_fallocate != 0)
-            QT_FAIL("allocating write %d inside the preallocation: %d "
-                    "pwritev (%zu bytes), %d fallocate; want 1, 4096, 0",
-                    i, n_pwritev, pwritev_bytes, n_fallocate);
+        size_t writes = host_log_count(HOST_WRITE);
+        uint64_t bytes = host_log_bytes(HOST_WRITE);
+        size_t fallocs = host_log_count(HOST_FALLOC);
+        if (writes != 1 || bytes != 4096 || fallocs != 0)
+            QT_FAIL("allocating write %d inside the preallocation: %zu "
+                    "pwritev (%" PRIu64 " bytes), %zu fallocate; want 1, "
+                    "4096, 0", i, writes, bytes, fallocs);
     }
 }
 
 static void check_ahead(const char *dir)
 {
     char path[4200];
-    snprintf(path, sizeof(path), "%s/ahead.qcow2", dir);
-    if (!qt_must("qemu-img create -q -f qcow2 '%s' 1G", path))
-        return;
-    struct image *img = open_direct(path);
+    struct image *img = new_direct_image(dir, "ahead.qcow2", path,
+                                         sizeof(path));
     if (!img)
         return;
-    uint8_t *buf;
-    if (posix_memalign((void **)&buf, 4096, 4096))
+    uint8_t *buf = aligned_block(0x3c);
+    if (!buf)
         return;
-    memset(buf, 0x3c, 4096);
-    count_reset();
+    host_log_reset();
     QT_CHECK(image_write(img, buf, 4096, 8192, 0) == 0);
     QT_CHECK(image_flush(img) == 0);
     uint64_t he, pe;
     ends(img, &he, &pe);
+    size_t preallocs = host_log_fallocs(0);
     printf("first write: host_end %" PRIu64 ", preallocated to %" PRIu64
-           ", %d preallocating fallocate\n", he, pe, n_prealloc);
-    QT_CHECK(n_prealloc == 1);
+           ", %zu preallocating fallocate\n", he, pe, preallocs);
+    QT_CHECK(preallocs == 1);
     QT_CHECK(pe > he && pe % (1u << 20) == 0 &&
              pe >= he + qcow2_prealloc_step(he));
     QT_CHECK(stat_of(path).st_size == (off_t)pe);
@@ -237,10 +234,8 @@ static void check_threshold(const char *dir)
 {
     const uint64_t threshold = 1u << 20;
     char path[4200];
-    snprintf(path, sizeof(path), "%s/threshold.qcow2", dir);
-    if (!qt_must("qemu-img create -q -f qcow2 '%s' 1G", path))
-        return;
-    struct image *img = open_direct(path);
+    struct image *img = new_direct_image(dir, "threshold.qcow2", path,
+                                         sizeof(path));
     if (!img)
         return;
     struct scsi_lun *lun;
@@ -254,10 +249,9 @@ static void check_threshold(const char *dir)
         image_close(img);
         return;
     }
-    uint8_t *buf;
-    if (posix_memalign((void **)&buf, 4096, 4096))
+    uint8_t *buf = aligned_block(0x5a);
+    if (!buf)
         return;
-    memset(buf, 0x5a, 4096);
     /* 128 writes into the first guest cluster: two threshold checks (one
      * every 64 writes, the first at the first), an image far below 1 MiB
      * whose file holds more than 1 MiB of blocks. */
@@ -286,16 +280,13 @@ static void check_threshold(const char *dir)
 static void check_crash(const char *dir)
 {
     char path[4200];
-    snprintf(path, sizeof(path), "%s/crash.qcow2", dir);
-    if (!qt_must("qemu-img create -q -f qcow2 '%s' 1G", path))
-        return;
-    struct image *img = open_direct(path);
+    struct image *img = new_direct_image(dir, "crash.qcow2", path,
+                                         sizeof(path));
     if (!img)
         return;
-    uint8_t *buf;
-    if (posix_memalign((void **)&buf, 4096, 4096))
+    uint8_t *buf = aligned_block(0x3c);
+    if (!buf)
         return;
-    memset(buf, 0x3c, 4096);
     QT_CHECK(image_write(img, buf, 4096, 8192, 0) == 0);
     write_in_step(img, buf, 3, 8192);
     QT_CHECK(image_flush(img) == 0);
@@ -340,9 +331,9 @@ static void check_not_buffered(const char *dir)
     }
     uint8_t buf[4096];
     memset(buf, 0x3c, sizeof(buf));
-    count_reset();
+    host_log_reset();
     QT_CHECK(image_write(img, buf, 4096, 8192, 0) == 0);
-    QT_CHECK(n_prealloc == 0 && !to_qcow2(img)->prealloc);
+    QT_CHECK(host_log_fallocs(0) == 0 && !to_qcow2(img)->prealloc);
     QT_CHECK(image_close(img) == 0);
     qt_direct_io = true;
     if (qt_open(path, true, NULL, &img) == 0) {
@@ -357,10 +348,7 @@ static void check_not_buffered(const char *dir)
 int main(void)
 {
     qt_require_qemu();
-    real_pwritev = host_sys.pwritev;
-    real_fallocate = host_sys.fallocate;
-    host_sys.pwritev = hook_pwritev;
-    host_sys.fallocate = hook_fallocate;
+    host_log_install();
     char dir[4096];
     qt_mkdtemp(dir, sizeof(dir), "prealloc");
     check_steps();

@@ -30,62 +30,10 @@
 #include "common/util.h"
 #include "qcow2/qcow2-internal.h"
 #include "scsi/scsi.h"
+#include "host_log.h"
 #include "qtest.h"
 
 #define CS 65536u
-
-/* What the host saw, in order. */
-enum op_kind { OP_WRITE, OP_SYNC, OP_PUNCH, OP_OTHER_FALLOC };
-struct op {
-    enum op_kind kind;
-    uint64_t off, len;
-};
-static struct op ops[1 << 16];
-static size_t nops;
-static pthread_mutex_t ops_lock = PTHREAD_MUTEX_INITIALIZER;
-
-static ssize_t (*real_pwritev)(int, const struct iovec *, int, off_t);
-static int (*real_fdatasync)(int);
-static int (*real_fallocate)(int, int, off_t, off_t);
-
-static void record(enum op_kind k, uint64_t off, uint64_t len)
-{
-    pthread_mutex_lock(&ops_lock);
-    if (nops < sizeof(ops) / sizeof(ops[0]))
-        ops[nops++] = (struct op){ k, off, len };
-    pthread_mutex_unlock(&ops_lock);
-}
-
-static ssize_t hook_pwritev(int fd, const struct iovec *iov, int cnt,
-                            off_t off)
-{
-    size_t len = 0;
-    for (int i = 0; i < cnt; i++)
-        len += iov[i].iov_len;
-    record(OP_WRITE, (uint64_t)off, len);
-    return real_pwritev(fd, iov, cnt, off);
-}
-
-static int hook_fdatasync(int fd)
-{
-    record(OP_SYNC, 0, 0);
-    return real_fdatasync(fd);
-}
-
-static int hook_fallocate(int fd, int mode, off_t off, off_t len)
-{
-    record(mode & FALLOC_FL_PUNCH_HOLE ? OP_PUNCH : OP_OTHER_FALLOC,
-           (uint64_t)off, (uint64_t)len);
-    return real_fallocate(fd, mode, off, len);
-}
-
-static size_t count(enum op_kind k)
-{
-    size_t n = 0;
-    for (size_t i = 0; i < nops; i++)
-        n += ops[i].kind == k;
-    return n;
-}
 
 /* A LUN over img, as the handler makes one (512-byte blocks, WCE=1). */
 static struct scsi_lun *lun_over(struct image *img)
@@ -174,17 +122,19 @@ static void check_empty(const char *dir, const char *opts)
         return;
     }
     QT_CHECK(image_flush(img) == 0); /* the open's own header update */
-    nops = 0;
+    host_log_reset();
     QT_CHECK(write_same_all(img, true));
     QT_CHECK(write_same_all(img, false));
     QT_CHECK(image_flush(img) == 0);
+    size_t writes = host_log_count(HOST_WRITE);
+    size_t fallocs = host_log_count(HOST_FALLOC);
     printf("%s: zeroing an empty 64 MiB LUN twice: %zu pwritev, %zu "
-           "fallocate, %zu L1 entries\n", opts, count(OP_WRITE),
-           count(OP_PUNCH) + count(OP_OTHER_FALLOC), l1_entries_used(img));
-    if (count(OP_WRITE) || count(OP_PUNCH) || count(OP_OTHER_FALLOC))
+           "fallocate, %zu L1 entries\n", opts, writes, fallocs,
+           l1_entries_used(img));
+    if (writes || fallocs)
         QT_FAIL("%s: zeroing an unallocated backing-less image wrote %zu "
                 "times and fallocated %zu times; want nothing", opts,
-                count(OP_WRITE), count(OP_PUNCH) + count(OP_OTHER_FALLOC));
+                writes, fallocs);
     QT_CHECK(l1_entries_used(img) == 0);
     QT_CHECK(reads_zero(img, opts));
     QT_CHECK(image_close(img) == 0);
@@ -269,10 +219,10 @@ static void check_one_punch(const char *dir)
     pthread_mutex_unlock(&q->lock);
     first_host = e.host;
 
-    nops = 0;
+    host_log_reset();
     QT_CHECK(image_zero(img, 0, 64 * CS, IMAGE_MAY_UNMAP) == 0);
     QT_CHECK(image_flush(img) == 0);
-    size_t punches = count(OP_PUNCH);
+    size_t punches = host_log_fallocs(FALLOC_FL_PUNCH_HOLE);
     printf("zeroing 64 data clusters with UNMAP: %zu holes punched\n",
            punches);
     if (punches != 1)
@@ -282,13 +232,14 @@ static void check_one_punch(const char *dir)
      * that: before then, a crash would leave the old L2 entries pointing
      * at clusters the host has already dropped. */
     bool l2_written = false, l2_durable = false;
-    for (size_t i = 0; i < nops; i++) {
-        const struct op *o = &ops[i];
-        if (o->kind == OP_WRITE && o->off >= l2 && o->off < l2 + CS)
+    for (size_t i = 0; i < host_log_n; i++) {
+        const struct host_op *o = &host_log[i];
+        if (o->kind == HOST_WRITE && o->off >= l2 && o->off < l2 + CS)
             l2_written = true;
-        else if (o->kind == OP_SYNC && l2_written)
+        else if (o->kind == HOST_SYNC && l2_written)
             l2_durable = true;
-        else if (o->kind == OP_PUNCH) {
+        else if (o->kind == HOST_FALLOC &&
+                 (o->mode & FALLOC_FL_PUNCH_HOLE)) {
             if (!l2_durable)
                 QT_FAIL("hole %#" PRIx64 "+%#" PRIx64 " punched before the "
                         "L2 table dropping it was written and flushed",
@@ -298,6 +249,7 @@ static void check_one_punch(const char *dir)
                         "+%#x", o->off, o->len, first_host, 64 * CS);
         }
     }
+    QT_CHECK(host_log_lost == 0); /* the order above saw everything */
     QT_CHECK(reads_zero(img, "run"));
     QT_CHECK(image_close(img) == 0);
     QT_CHECK(qt_check(path) == 0);
@@ -307,12 +259,7 @@ static void check_one_punch(const char *dir)
 int main(void)
 {
     qt_require_qemu();
-    real_pwritev = host_sys.pwritev;
-    real_fdatasync = host_sys.fdatasync;
-    real_fallocate = host_sys.fallocate;
-    host_sys.pwritev = hook_pwritev;
-    host_sys.fdatasync = hook_fdatasync;
-    host_sys.fallocate = hook_fallocate;
+    host_log_install();
     char dir[4096];
     qt_mkdtemp(dir, sizeof(dir), "zerocost");
     const char *variants[] = { "cluster_size=64k", "extended_l2=on",
