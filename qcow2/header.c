@@ -119,7 +119,7 @@ static void feature_name(const uint8_t *c0, uint64_t tab, uint32_t len,
     }
 }
 
-static void free_qcow2(struct qcow2 *q)
+void qcow2_destroy(struct qcow2 *q)
 {
     if (!q)
         return;
@@ -154,12 +154,22 @@ static int read_be64_table(struct qcow2 *q, uint64_t off, uint64_t n,
     return 0;
 }
 
-static int open_image(struct qcow2 *q, const struct image_open_opts *opts,
-                      char *err, size_t errlen)
+/* What open_image learns from cluster 0 beyond struct qcow2's fields. */
+struct header_extras {
+    uint64_t backing_off;  /* the backing file name in cluster 0 (0: none) */
+    uint32_t backing_len;
+    uint64_t feat_tab;     /* the feature name table in cluster 0 (0: none) */
+    uint32_t feat_len;
+    char backing_fmt[16];  /* the backing format extension, if have_fmt */
+    bool have_fmt;
+};
+
+/* The fixed header: magic, version, cluster size, and the version 3
+ * fields; *c0 is cluster 0, the caller's to free (also on failure). */
+static int read_header(struct qcow2 *q, const char *path, uint8_t **c0,
+                       char *err, size_t errlen)
 {
-    const char *path = opts->path;
     uint8_t h[HDR_V3_MIN_LENGTH + 8];
-    uint8_t *c0 = NULL;
     int ret;
 
     int64_t hsize = file_length(q->img.file);
@@ -185,14 +195,15 @@ static int open_image(struct qcow2 *q, const struct image_open_opts *opts,
              path, q->cluster_bits);
     const uint64_t cs = q->cluster_size = 1ull << q->cluster_bits;
 
-    c0 = calloc(1, cs);
-    if (!c0)
+    *c0 = calloc(1, cs);
+    if (!*c0)
         FAIL(-ENOMEM, "out of memory");
-    ret = file_pread(q->img.file, c0, cs, 0);
+    ret = file_pread(q->img.file, *c0, cs, 0);
     if (ret < 0)
         FAIL(ret, "cannot read %s: %s", path, strerror(-ret));
+    const uint8_t *c = *c0;
 
-    uint32_t crypt = get_be32(c0 + HDR_CRYPT);
+    uint32_t crypt = get_be32(c + HDR_CRYPT);
     if (crypt != 0)
         FAIL(-ENOTSUP, "%s: encrypted qcow2 images are not supported "
              "(crypt_method %" PRIu32 ", %s)", path, crypt,
@@ -202,11 +213,11 @@ static int open_image(struct qcow2 *q, const struct image_open_opts *opts,
         q->header_length = HDR_V2_LENGTH;
         q->refcount_order = 4;
     } else {
-        q->incompat = get_be64(c0 + HDR_INCOMPAT);
-        q->compat = get_be64(c0 + HDR_COMPAT);
-        q->autoclear = get_be64(c0 + HDR_AUTOCLEAR);
-        q->refcount_order = get_be32(c0 + HDR_REFCOUNT_ORDER);
-        q->header_length = get_be32(c0 + HDR_HEADER_LENGTH);
+        q->incompat = get_be64(c + HDR_INCOMPAT);
+        q->compat = get_be64(c + HDR_COMPAT);
+        q->autoclear = get_be64(c + HDR_AUTOCLEAR);
+        q->refcount_order = get_be32(c + HDR_REFCOUNT_ORDER);
+        q->header_length = get_be32(c + HDR_HEADER_LENGTH);
         if (q->header_length < HDR_V3_MIN_LENGTH || q->header_length % 8 ||
             q->header_length > cs)
             FAIL(-EINVAL, "%s: header_length %" PRIu32 " is invalid (must be "
@@ -216,25 +227,32 @@ static int open_image(struct qcow2 *q, const struct image_open_opts *opts,
             FAIL(-EINVAL, "%s: refcount_order %" PRIu32 " is out of range "
                  "0..6", path, q->refcount_order);
         if (q->header_length > HDR_COMPRESSION)
-            q->compression_type = c0[HDR_COMPRESSION];
+            q->compression_type = c[HDR_COMPRESSION];
     }
     q->refcount_max = q->refcount_order == 6
                           ? UINT64_MAX
                           : (1ull << (1u << q->refcount_order)) - 1;
+    return 0;
+fail:
+    return ret;
+}
 
-    /* Header extensions: between the header and the backing file name (or
-     * the end of cluster 0). */
-    uint64_t backing_off = get_be64(c0 + HDR_BACKING_OFFSET);
-    uint32_t backing_len = get_be32(c0 + HDR_BACKING_SIZE);
-    if (backing_off != 0 &&
-        (backing_off < q->header_length || backing_off >= cs))
+/* Header extensions: between the header and the backing file name (or
+ * the end of cluster 0). */
+static int read_extensions(struct qcow2 *q, const char *path,
+                           const uint8_t *c0, struct header_extras *x,
+                           char *err, size_t errlen)
+{
+    const uint64_t cs = q->cluster_size;
+    int ret;
+
+    x->backing_off = get_be64(c0 + HDR_BACKING_OFFSET);
+    x->backing_len = get_be32(c0 + HDR_BACKING_SIZE);
+    if (x->backing_off != 0 &&
+        (x->backing_off < q->header_length || x->backing_off >= cs))
         FAIL(-EINVAL, "%s: backing_file_offset %" PRIu64 " is not inside "
-             "cluster 0 after the header", path, backing_off);
-    uint64_t ext_end = backing_off ? backing_off : cs;
-    uint64_t feat_tab = 0;
-    uint32_t feat_len = 0;
-    char backing_fmt[16] = "";
-    bool have_fmt = false;
+             "cluster 0 after the header", path, x->backing_off);
+    uint64_t ext_end = x->backing_off ? x->backing_off : cs;
     for (uint64_t p = q->header_length; p + 8 <= ext_end;) {
         uint32_t type = get_be32(c0 + p), len = get_be32(c0 + p + 4);
         if (type == EXT_END)
@@ -245,16 +263,16 @@ static int open_image(struct qcow2 *q, const struct image_open_opts *opts,
                  path, type, p, len);
         switch (type) {
         case EXT_BACKING_FMT:
-            if (len == 0 || len >= sizeof(backing_fmt))
+            if (len == 0 || len >= sizeof(x->backing_fmt))
                 FAIL(-EINVAL, "%s: backing format extension length %" PRIu32
                      " is invalid", path, len);
-            memcpy(backing_fmt, c0 + p + 8, len);
-            backing_fmt[len] = 0;
-            have_fmt = true;
+            memcpy(x->backing_fmt, c0 + p + 8, len);
+            x->backing_fmt[len] = 0;
+            x->have_fmt = true;
             break;
         case EXT_FEATURE_TABLE:
-            feat_tab = p + 8;
-            feat_len = len;
+            x->feat_tab = p + 8;
+            x->feat_len = len;
             break;
         case EXT_FDE:
             FAIL(-ENOTSUP, "%s: encrypted qcow2 images are not supported "
@@ -264,13 +282,24 @@ static int open_image(struct qcow2 *q, const struct image_open_opts *opts,
         }
         p += 8 + ALIGN_UP((uint64_t)len, 8);
     }
+    return 0;
+fail:
+    return ret;
+}
 
-    /* Incompatible features. */
+/* Incompatible features: refuse what this engine cannot serve safely. */
+static int check_features(struct qcow2 *q, const struct image_open_opts *opts,
+                          const uint8_t *c0, const struct header_extras *x,
+                          char *err, size_t errlen)
+{
+    const char *path = opts->path;
+    int ret;
+
     uint64_t unknown = q->incompat & ~INCOMPAT_KNOWN;
     if (unknown) {
         unsigned bit = (unsigned)__builtin_ctzll(unknown);
         char name[64];
-        feature_name(c0, feat_tab, feat_len, bit, name, sizeof(name));
+        feature_name(c0, x->feat_tab, x->feat_len, bit, name, sizeof(name));
         FAIL(-ENOTSUP, "%s: unsupported incompatible feature bit %u (%s) "
              "in incompatible_features 0x%" PRIx64, path, bit, name,
              q->incompat);
@@ -298,8 +327,19 @@ static int open_image(struct qcow2 *q, const struct image_open_opts *opts,
     if (q->extended_l2 && q->cluster_bits < 14)
         FAIL(-EINVAL, "%s: extended L2 entries need cluster_bits >= 14, "
              "cluster_bits is %" PRIu32, path, q->cluster_bits);
+    return 0;
+fail:
+    return ret;
+}
 
-    /* Geometry. */
+/* Geometry, the virtual size, and where the L1 and refcount tables are:
+ * inside the host file, aligned, of sane sizes. */
+static int read_geometry(struct qcow2 *q, const char *path,
+                         const uint8_t *c0, char *err, size_t errlen)
+{
+    const uint64_t cs = q->cluster_size;
+    int ret;
+
     q->l2_entry_size = q->extended_l2 ? 16 : 8;
     q->l2_bits = q->cluster_bits - (q->extended_l2 ? 4 : 3);
     q->subclusters = q->extended_l2 ? 32 : 1;
@@ -344,30 +384,44 @@ static int open_image(struct qcow2 *q, const struct image_open_opts *opts,
              q->reftable_offset, q->reftable_clusters);
     q->reftable_entries = (uint64_t)q->reftable_clusters * cs / 8;
 
-    /* Backing file name. */
-    char backing_name[MAX_BACKING_NAME + 1] = "";
-    bool has_backing_name = false;
-    if (backing_off != 0 && backing_len != 0) {
-        if (backing_len > MAX_BACKING_NAME || backing_len > cs - backing_off)
-            FAIL(-EINVAL, "%s: backing_file_size %" PRIu32 " is invalid "
-                 "(max 1023, inside cluster 0)", path, backing_len);
-        memcpy(backing_name, c0 + backing_off, backing_len);
-        backing_name[backing_len] = 0;
-        if (strlen(backing_name) != backing_len)
-            FAIL(-EINVAL, "%s: backing file name contains a NUL byte", path);
-        has_backing_name = true;
-    }
-
     if (q->img.file->info.is_device)
-        q->dev_clusters = (uint64_t)hsize / cs;
+        q->dev_clusters = q->host_end / cs;
+    return 0;
+fail:
+    return ret;
+}
 
-    ret = qcow2_read_snapshots(q, get_be32(c0 + HDR_NB_SNAPSHOTS),
-                               get_be64(c0 + HDR_SNAPSHOTS_OFFSET), err,
-                               errlen);
-    if (ret < 0)
-        goto fail;
+/* The backing file name (name: "" if there is none), checked: inside
+ * cluster 0, at most MAX_BACKING_NAME bytes, no NUL. */
+static int read_backing_name(struct qcow2 *q, const char *path,
+                             const uint8_t *c0, const struct header_extras *x,
+                             char name[MAX_BACKING_NAME + 1], char *err,
+                             size_t errlen)
+{
+    int ret;
+    name[0] = 0;
+    if (x->backing_off == 0 || x->backing_len == 0)
+        return 0;
+    if (x->backing_len > MAX_BACKING_NAME ||
+        x->backing_len > q->cluster_size - x->backing_off)
+        FAIL(-EINVAL, "%s: backing_file_size %" PRIu32 " is invalid "
+             "(max 1023, inside cluster 0)", path, x->backing_len);
+    memcpy(name, c0 + x->backing_off, x->backing_len);
+    name[x->backing_len] = 0;
+    if (strlen(name) != x->backing_len)
+        FAIL(-EINVAL, "%s: backing file name contains a NUL byte", path);
+    return 0;
+fail:
+    return ret;
+}
 
-    ret = read_be64_table(q, q->l1_offset, q->l1_size, &q->l1);
+/* The L1 and refcount tables, and the caches: sized from the virtual size
+ * or the cfgstring (cache_size.c). */
+static int load_tables(struct qcow2 *q, const struct image_open_opts *opts,
+                       char *err, size_t errlen)
+{
+    const char *path = opts->path;
+    int ret = read_be64_table(q, q->l1_offset, q->l1_size, &q->l1);
     if (ret == 0)
         ret = read_be64_table(q, q->reftable_offset, q->reftable_entries,
                               &q->reftable);
@@ -376,52 +430,102 @@ static int open_image(struct qcow2 *q, const struct image_open_opts *opts,
              strerror(-ret));
     qcow2_reftable_count_used(q);
 
-    /* Caches: sized from the virtual size or the cfgstring (cache_size.c). */
     size_t l2_slots = qcow2_l2_cache_slots(q, opts->l2_cache_bytes);
     size_t rb_slots = qcow2_rb_cache_slots(q, l2_slots,
                                            opts->refcount_cache_bytes);
     q->l2_cache = cache_new(q, l2_slots, qcow2_l2_pre_write);
     q->rb_cache = cache_new(q, rb_slots, NULL);
-    q->zero_buf = calloc(1, cs);
+    q->zero_buf = calloc(1, q->cluster_size);
     if (!q->l2_cache || !q->rb_cache || !q->zero_buf)
         FAIL(-ENOMEM, "out of memory");
+    return 0;
+fail:
+    return ret;
+}
+
+/* An image left dirty (lazy refcounts, not closed cleanly): rebuild its
+ * refcounts before the first write, then clear the dirty bit. */
+static int repair_if_dirty(struct qcow2 *q, const char *path, char *err,
+                           size_t errlen)
+{
+    int ret;
+    if (!(q->incompat & INCOMPAT_DIRTY))
+        return 0;
+    /* The rebuild counts only what this engine knows (L1/L2, snapshots,
+     * its own tables) and reuses every other cluster.  Structures of
+     * autoclear features (persistent bitmaps) would then be overwritten
+     * while still declared valid: declare them invalid first, as before
+     * any write. */
+    ret = clear_autoclear(q);
+    if (ret < 0)
+        FAIL(ret, "%s: cannot clear the autoclear features: %s", path,
+             strerror(-ret));
+    ret = qcow2_rebuild_refcounts(q, err, errlen);
+    if (ret < 0)
+        return ret;
+    ret = qcow2_write_header_u64(q, HDR_INCOMPAT,
+                                 q->incompat & ~INCOMPAT_DIRTY);
+    if (ret < 0)
+        FAIL(ret, "%s: cannot clear the dirty bit: %s", path,
+             strerror(-ret));
+    q->incompat &= ~INCOMPAT_DIRTY;
+    return 0;
+fail:
+    return ret;
+}
+
+/* Open: each step checks what it reads before anything uses it (the
+ * header, its extensions, the features, the geometry and table
+ * locations, the backing file name), then the tables are loaded and a
+ * dirty image is repaired (writable opens only). */
+static int open_image(struct qcow2 *q, const struct image_open_opts *opts,
+                      char *err, size_t errlen)
+{
+    const char *path = opts->path;
+    struct header_extras x = { 0 };
+    char backing_name[MAX_BACKING_NAME + 1];
+    uint8_t *c0 = NULL;
+
+    int ret = read_header(q, path, &c0, err, errlen);
+    if (ret == 0)
+        ret = read_extensions(q, path, c0, &x, err, errlen);
+    if (ret == 0)
+        ret = check_features(q, opts, c0, &x, err, errlen);
+    if (ret == 0)
+        ret = read_geometry(q, path, c0, err, errlen);
+    if (ret == 0)
+        ret = read_backing_name(q, path, c0, &x, backing_name, err, errlen);
+    if (ret == 0)
+        ret = qcow2_read_snapshots(q, get_be32(c0 + HDR_NB_SNAPSHOTS),
+                                   get_be64(c0 + HDR_SNAPSHOTS_OFFSET), err,
+                                   errlen);
+    free(c0);
+    if (ret == 0)
+        ret = load_tables(q, opts, err, errlen);
+    if (ret < 0)
+        return ret;
 
     if (!opts->read_only) {
         q->lazy = q->version >= 3 && (q->compat & COMPAT_LAZY_REFCOUNTS);
-        if (q->incompat & INCOMPAT_DIRTY) {
-            /* The rebuild counts only what this engine knows (L1/L2,
-             * snapshots, its own tables) and reuses every other cluster.
-             * Structures of autoclear features (persistent bitmaps) would
-             * then be overwritten while still declared valid: declare them
-             * invalid first, as before any write. */
-            ret = clear_autoclear(q);
-            if (ret < 0)
-                FAIL(ret, "%s: cannot clear the autoclear features: %s",
-                     path, strerror(-ret));
-            ret = qcow2_rebuild_refcounts(q, err, errlen);
-            if (ret < 0)
-                goto fail;
-            ret = qcow2_write_header_u64(q, HDR_INCOMPAT,
-                                         q->incompat & ~INCOMPAT_DIRTY);
-            if (ret < 0)
-                FAIL(ret, "%s: cannot clear the dirty bit: %s", path,
-                     strerror(-ret));
-            q->incompat &= ~INCOMPAT_DIRTY;
-        }
+        ret = repair_if_dirty(q, path, err, errlen);
+        if (ret < 0)
+            return ret;
     }
 
     /* The backing chain is the generic layer's (block/backing.c). */
-    if (has_backing_name) {
+    if (backing_name[0]) {
         q->img.backing_name = strdup(backing_name);
-        if (have_fmt)
-            q->img.backing_format = strdup(backing_fmt);
-        if (!q->img.backing_name || (have_fmt && !q->img.backing_format))
-            FAIL(-ENOMEM, "out of memory");
+        if (x.have_fmt)
+            q->img.backing_format = strdup(x.backing_fmt);
+        if (!q->img.backing_name || (x.have_fmt && !q->img.backing_format)) {
+            snprintf(err, errlen, "out of memory");
+            return -ENOMEM;
+        }
     }
 
     q->img.info = (struct image_info){
         .format = "qcow2",
-        .cluster_size = (uint32_t)cs,
+        .cluster_size = (uint32_t)q->cluster_size,
         .request_alignment = q->img.file->info.request_alignment,
         .read_only = opts->read_only,
         .can_zero = q->version >= 3,
@@ -429,11 +533,7 @@ static int open_image(struct qcow2 *q, const struct image_open_opts *opts,
         .discard_zeroes = true,
     };
     qcow2_prealloc_open(q);
-    free(c0);
     return 0;
-fail:
-    free(c0);
-    return ret;
 }
 
 static int qcow2_open(struct image *img, const struct image_open_opts *opts,
@@ -443,13 +543,13 @@ static int qcow2_open(struct image *img, const struct image_open_opts *opts,
     pthread_mutex_init(&q->lock, NULL);
     q->path = strdup(opts->path);
     if (!q->path) {
-        free_qcow2(q);
+        qcow2_destroy(q);
         snprintf(err, errlen, "out of memory");
         return -ENOMEM;
     }
     int ret = open_image(q, opts, err, errlen);
     if (ret < 0) {
-        free_qcow2(q);
+        qcow2_destroy(q);
         return ret;
     }
     return 0;
@@ -469,8 +569,3 @@ const struct block_driver qcow2_driver = {
     .ops = &qcow2_ops,
     .create = qcow2_create,
 };
-
-void qcow2_free(struct qcow2 *q)
-{
-    free_qcow2(q);
-}

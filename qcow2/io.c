@@ -1063,7 +1063,7 @@ static int qcow2_close(struct image *img)
         }
         pthread_mutex_unlock(&q->lock);
     }
-    qcow2_free(q);
+    qcow2_destroy(q);
     return ret;
 }
 
@@ -1073,7 +1073,7 @@ void qcow2_simulate_crash(struct image *img)
     assert(img->ops == &qcow2_ops);
     cache_invalidate(q->l2_cache);
     cache_invalidate(q->rb_cache);
-    qcow2_free(q);
+    qcow2_destroy(q);
     image_free_node(img);
 }
 

@@ -277,7 +277,7 @@ int qcow2_corrupt(struct qcow2 *q, const char *fmt, ...)
 /* Release everything the driver holds (the host fd, tables, caches)
  * without writing anything; the node itself and its children are the
  * generic layer's (image_close, image_free_node). */
-void qcow2_free(struct qcow2 *q);
+void qcow2_destroy(struct qcow2 *q);
 
 /* Before the first modification: clear autoclear bits, set the dirty bit
  * under lazy refcounts.  Idempotent.  Lock held. */
