@@ -127,45 +127,66 @@ for rep in $(seq "$REPEAT"); do
     done
 done
 
-# ---- traced runs: system calls by thread and name, and a CPU profile ----------
-syscall_table() {  # number -> name, from the kernel headers the host has
-    sed -n 's/^#define __NR_\([a-z0-9_]*\) \([0-9]*\)$/\2 \1/p' \
-        /usr/include/x86_64-linux-gnu/asm/unistd_64.h
+# ---- traced runs: system calls by name, and a CPU profile ----------------------
+# perf stat counts in the kernel (no ring buffer): the runner's system calls,
+# in total and for the calls a handler's hand-off or I/O makes.  strace -c
+# names every call but stops the runner at each one: its run is short and
+# only its proportions count.  perf record is tried too: in the rig's guest
+# it wrote almost no sample (its ring buffer is never woken under TCG?), so
+# its report may be empty.
+SYSCALLS="futex write read ppoll pwritev pwritev2 pwrite64 preadv preadv2 pread64
+          mmap munmap madvise mprotect brk fdatasync fsync ioctl lseek openat
+          close rename newfstatat fstat clock_nanosleep sched_yield getpid gettid"
+perf_events() {
+    local e list=raw_syscalls:sys_enter,context-switches,cpu-migrations,page-faults,task-clock
+    for e in $SYSCALLS; do
+        [ -d "/sys/kernel/tracing/events/syscalls/sys_enter_$e" ] && list+=,syscalls:sys_enter_$e
+    done
+    echo "$list"
 }
-syscall_table >"$OUT/syscall-names.txt"
 
-# System-wide (-a), the runner's samples picked out afterwards (--pid):
-# attached with -p to the runner's 130 threads, perf record in the guest
-# wrote no sample at all.  Its file goes to the guest's own /tmp, not the
-# 9p share.
-traced() {  # KIND FILE DEV FIO_JSON -- perf ARGS... : perf around one fio run
-    local file=$2 dev=$3 json=$4 pid; shift 5
-    perf record -o "$file" "$@" -a >>"$OUT/perf-record.log" 2>&1 &
+around_fio() {  # DEV SECONDS FIO_JSON OUTFILE -- COMMAND...: COMMAND on the runner around one fio run
+    local dev=$1 secs=$2 json=$3 out=$4 pid; shift 5
+    "$@" >"$out" 2>&1 &
     pid=$!
-    sleep 3                                 # perf attaches to all 60+ threads
-    run_fio "$dev" "$TRACE_RUNTIME" "$json" || die "fio (traced)"
+    sleep 3                                 # attaching to the runner's threads
+    run_fio "$dev" "$secs" "$json" || die "fio (traced)"
     kill -INT "$pid"; wait "$pid"
-    ls -l "$file" >>"$OUT/perf-record.log"
+}
+
+per_kio() {  # perf stat -x, output, I/O count -> "event per-1000-I/Os" lines
+    python3 - "$1" "$2" <<'PY'
+import sys
+ios = max(int(sys.argv[2]), 1)
+for line in open(sys.argv[1]):
+    f = line.strip().split(",")
+    if len(f) < 3 or not f[0].replace(".", "").isdigit():
+        continue
+    print("%-34s %10.1f" % (f[2], float(f[0]) * 1000.0 / ios))
+PY
 }
 
 if [ "$HAVE_PERF" = 1 ]; then
+    EVENTS=$(perf_events)
     for v in $TRACE_VARIANTS; do
         serve "$v"
         for l in $LUNS; do
             tag=$v-$l
-            traced sys "$TRACE_DIR/sys-$tag.data" "${DEV[$l]}" "$OUT/fio-sys-$tag.json" -- -e raw_syscalls:sys_enter
-            perf script -i "$TRACE_DIR/sys-$tag.data" --pid "$RIG_TCMU_PID" -F tid,comm,trace 2>/dev/null |
-                python3 "$QLUN_REPO/bench/guest/syscall_count.py" "$OUT/syscall-names.txt" \
-                    "$(fio_ios "$OUT/fio-sys-$tag.json")" >"$OUT/syscalls-$tag.txt"
-            rig_log "syscalls $tag: $(head -3 "$OUT/syscalls-$tag.txt" | tr '\n' ' ')"
-            rm -f "$TRACE_DIR/sys-$tag.data"
-            traced cpu "$TRACE_DIR/cpu-$tag.data" "${DEV[$l]}" "$OUT/fio-cpu-$tag.json" -- -e cpu-clock -g
+            around_fio "${DEV[$l]}" "$TRACE_RUNTIME" "$OUT/fio-stat-$tag.json" "$OUT/perfstat-$tag.csv" \
+                -- perf stat -x, -e "$EVENTS" -p "$RIG_TCMU_PID"
+            per_kio "$OUT/perfstat-$tag.csv" "$(fio_ios "$OUT/fio-stat-$tag.json")" >"$OUT/syscalls-$tag.txt"
+            rig_log "perf stat $tag: $(tr -s ' ' <"$OUT/syscalls-$tag.txt" | tr '\n' ';')"
+            if command -v strace >/dev/null; then
+                around_fio "${DEV[$l]}" 5 "$OUT/fio-strace-$tag.json" "$OUT/strace-$tag.txt" \
+                    -- strace -c -f -p "$RIG_TCMU_PID"
+                echo "(strace run: $(fio_ios "$OUT/fio-strace-$tag.json") I/Os)" >>"$OUT/strace-$tag.txt"
+            fi
+            around_fio "${DEV[$l]}" "$TRACE_RUNTIME" "$OUT/fio-cpu-$tag.json" "$OUT/perf-record.log" \
+                -- perf record -o "$TRACE_DIR/cpu-$tag.data" -e cpu-clock -g -a
             { echo "== $tag: $(fio_ios "$OUT/fio-cpu-$tag.json") I/Os; by thread"
               perf report -i "$TRACE_DIR/cpu-$tag.data" --pid "$RIG_TCMU_PID" --no-children --stdio --sort comm -g none 2>/dev/null | grep -v '^#' | grep . | head -8
               echo "== by symbol"
               perf report -i "$TRACE_DIR/cpu-$tag.data" --pid "$RIG_TCMU_PID" --no-children --stdio --sort dso,sym -g none 2>/dev/null | grep -v '^#' | grep . | head -45
-              echo "== call graphs of the top symbols"
-              perf report -i "$TRACE_DIR/cpu-$tag.data" --pid "$RIG_TCMU_PID" --no-children --stdio --sort sym -g caller,0.5,callee --percent-limit 3 2>/dev/null | grep -v '^#' | grep . | head -150
             } >"$OUT/perf-$tag.txt"
             rm -f "$TRACE_DIR/cpu-$tag.data"
         done
