@@ -16,28 +16,29 @@
 # tcmu-runner's CPU (user and system), page faults, and context switches of
 # every thread (bench/guest/runner_counters.py), per 1000 I/Os.
 #
-# Then, for each pool size in QLUN_PROF_TRACE_WORKERS, one traced run per
-# LUN: every system call tcmu-runner makes, counted by thread group and
-# name (perf record -e raw_syscalls:sys_enter), and a CPU profile (perf
-# record -e cpu-clock -g; perf report --no-children).  Tracing slows the
-# runner: those runs give counts per I/O and where the time goes, not speed.
+# Then, for each pool size in QLUN_PROF_TRACE_WORKERS (default "64 1"; ""
+# for none), traced runs per LUN: tcmu-runner's system calls in total and by
+# name, context switches and page faults (perf stat, counting in the
+# kernel), every call by name (strace -c, a short run: it stops the runner
+# at each call, so only its proportions count), and a try at a CPU profile
+# (perf record; it got almost no samples in the rig's guest).  perf comes
+# from the host's linux-perf, strace from the host's strace; both are
+# optional: without perf the traced runs are left out, without strace its
+# run is.  Traced runs give counts per I/O, not speed.
 #
 # QLUN_PROF_QLUN_OPTS is appended to both qlun cfgstrings (";cache=none"...).
-# QLUN_PROF_HANDLERS="a:DIR b:DIR" serves qlun's LUNs from several builds of
-# handler_qlun.so in turn, as if they were pool sizes (labelled a, b): a
-# before/after comparison in one boot; each DIR holds a handler_qlun.so.
-# Output in $RIG_SHARE/runner-prof: results.jsonl, table.txt, syscalls-*,
-# perf-*.txt.  Not a test: nothing asserts on time.
+# Output in $RIG_SHARE/runner-prof: results.jsonl, table.txt, syscalls-*.txt
+# (perf stat per 1000 I/Os), strace-*.txt, perf-*.txt.  Not a test: nothing
+# asserts on time.
 set -u
 . "$QLUN_REPO/tests/e2e/lib.sh"
 RIG_TCMU_DEBUG=0            # -d logs every CDB: it would measure the logging
 VARIANTS=${QLUN_PROF_WORKERS:-"64 8 1"}
-TRACE_VARIANTS=${QLUN_PROF_TRACE_WORKERS:-"64 1"}
+TRACE_VARIANTS=${QLUN_PROF_TRACE_WORKERS-"64 1"}   # "" = no traced runs
 REPEAT=${QLUN_PROF_REPEAT:-2}
 QDS=${QLUN_PROF_QDS:-16}
 RUNTIME=${QLUN_PROF_RUNTIME:-10}
 TRACE_RUNTIME=${QLUN_PROF_TRACE_RUNTIME:-8}
-HANDLERS=${QLUN_PROF_HANDLERS:-}
 OPTS=${QLUN_PROF_QLUN_OPTS:-}
 LUNS=${QLUN_PROF_LUNS:-"qlun-raw user-qcow qlun-qcow2"}
 ALL_LUNS="qlun-raw user-qcow qlun-qcow2"
@@ -64,29 +65,23 @@ fio --name=fill --filename="$raw" --rw=write --bs=1M --size=$BYTES --direct=1 \
 qemu-img convert -O qcow2 -o cluster_size=64k "$raw" "$q2" || die "qcow2 prefill"
 cp "$q2" "$uq" || die "copy for user:qcow"
 
-# handler dir per variant: handler_qlun.so of that build, and tcmu-runner's
-# own handler_qcow.so (--handler-path replaces the default dir)
-handler_dir() {  # VARIANT -> dir on stdout
-    local v=$1 src=${QLUN_HANDLER_DIR:-$(rig_handler_dir)} d kv
-    for kv in $HANDLERS; do [ "${kv%%:*}" = "$v" ] && src=${kv#*:}; done
-    d=$HDIR/$v
-    mkdir -p "$d"
-    cp "$src/handler_qlun.so" "$RIG_SYSTEM_HANDLER_DIR/handler_qcow.so" "$d/" || return 1
-    echo "$d"
-}
+# handler_qlun.so and tcmu-runner's own handler_qcow.so in one dir
+# (--handler-path replaces the default dir); copied once, before any
+# tcmu-runner maps them
+mkdir -p "$HDIR"
+cp "${QLUN_HANDLER_DIR:-$(rig_handler_dir)}/handler_qlun.so" \
+   "$RIG_SYSTEM_HANDLER_DIR/handler_qcow.so" "$HDIR/" || die "handler dir"
 
-# serve VARIANT: tcmu-runner (restarted) with that pool size or build, the
-# target up, logged in; sets DEV[lun]
+# serve WORKERS: tcmu-runner (restarted) with that pool size, the target
+# up, logged in; sets DEV[lun]
 declare -A DEV=()
 serve() {
-    local v=$1 workers=$1 hdir
-    [ -n "$HANDLERS" ] && workers=64
+    local v=$1
     if rig_tcmu_alive; then
         iscsiadm -m node -T "$IQN" --logout >/dev/null 2>&1
         python3 "$QLUN_REPO/bench/guest/lio-bench.py" down "$IQN" >/dev/null 2>&1
     fi
-    hdir=$(handler_dir "$v") || die "handler dir for $v"
-    QLUN_WORKER_THREADS=$workers rig_start_tcmu "$hdir" >/dev/null || die "tcmu-runner ($v)"
+    QLUN_WORKER_THREADS=$v rig_start_tcmu "$HDIR" >/dev/null || die "tcmu-runner ($v)"
     python3 "$QLUN_REPO/bench/guest/lio-bench.py" up "$IQN" \
         "user:praw:-:$BYTES:qlun/$raw;format=raw$OPTS" \
         "user:puq:-:$BYTES:qcow/$uq" \
