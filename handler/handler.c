@@ -34,9 +34,18 @@
  * tcmu-runner's environment overrides the default (0..512); 0 runs every
  * command on the cmdproc thread itself, one at a time (no hand-off
  * between threads, no concurrency: for measurements).  Measured in the rig (bench/guest/
- * workers.sh, 4k random I/O on raw and qcow2 LUNs): 64 workers cost no
- * more tcmu-runner CPU per I/O than 1 or 2, and gave the most IOPS at
- * queue depth 16; running inline (0) gave the least.
+ * workers.sh, 4k random I/O on raw and qcow2 LUNs): 64 workers gave the
+ * most IOPS at queue depth 16; running inline (0) gave the least.
+ *
+ * What the pool costs (bench/guest/runner-prof.sh, 4k writes at QD16):
+ * tcmu-runner signals its queue's condition variable for each command,
+ * and with most of 64 workers idle each command wakes one, which sleeps
+ * again after it: per 1000 writes about 3900 futex calls and 2600
+ * context switches against about 550 and 900 with one worker, which is
+ * what user:qcow (one worker) makes.  The pool is tcmu-runner's, so the
+ * handler's only lever is its size; we keep 64 for the concurrency above
+ * and QLUN_WORKER_THREADS=1 gives user:qcow's cost for fast I/O, one
+ * command at a time.
  *
  * Why the runner's pool and not a queue of our own (nr_threads = 0, and
  * completing from our threads): tcmu-runner exports no way to complete a
