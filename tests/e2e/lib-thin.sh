@@ -32,9 +32,23 @@ thin_serial() {
     sg_vpd -p sn "$1" 2>/dev/null | sed -n 's/^ *Unit serial number: *//p' | sed 's/ *$//'
 }
 
+# thin_stats_snap SERIAL OUT: the LUN's statistics file as of now, with
+# every command that completed before the call.  The file is rewritten once
+# a second by one thread (handler/stats_file.c): the first rewrite after
+# the call may hold counts taken before it, the second cannot (its counts
+# are read after the first was renamed into place).  A fixed sleep was not
+# enough on a loaded machine (e2e/thin saw a WRITE SAME counted +0).
 thin_stats_snap() {
-    sleep 1.5
-    cp "/run/qlun/$1.json" "$2" 2>/dev/null || echo '{}' >"$2"
+    local f=/run/qlun/$1.json last cur changes=0 i
+    last=$(stat -c %y "$f" 2>/dev/null)
+    for i in $(seq 300); do   # 30 s at most
+        sleep 0.1
+        cur=$(stat -c %y "$f" 2>/dev/null)
+        [ "$cur" != "$last" ] && { changes=$((changes + 1)); last=$cur; }
+        [ "$changes" -ge 2 ] && break
+    done
+    [ "$changes" -ge 2 ] || echo "thin_stats_snap: $f was not rewritten twice in 30 s" >&2
+    cp "$f" "$2" 2>/dev/null || echo '{}' >"$2"
 }
 thin_stat() { thin_py stat "$1" "$2"; }
 thin_delta() { thin_py deltas "$1" "$2" "$3"; }
