@@ -13,8 +13,9 @@ set -eu
 repo=$(cd "$(dirname "$0")/.." && pwd)
 out=$(mkdir -p "${1:-$repo/build-deb}" && cd "${1:-$repo/build-deb}" && pwd)
 
+# git: the tracked files are what is built (git ls-files below)
 PKGS="build-essential debhelper dpkg-dev lintian cmake pkgconf python3
-      zlib1g-dev libzstd-dev libglib2.0-dev libjson-glib-dev"
+      zlib1g-dev libzstd-dev libglib2.0-dev libjson-glib-dev git"
 # shellcheck disable=SC2086
 "$(dirname "$0")/apt-install.sh" build-deb.sh $PKGS
 
