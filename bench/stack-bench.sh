@@ -22,7 +22,7 @@
 #   fileio              LIO fileio (buffered) on a raw file, emulate_tpu/tpws=1
 #   block-loop          LIO iblock on a loop device (direct I/O) over a raw file
 #   user-qcow           user:qcow, tcmu-runner's own qcow2 handler
-#   qemu-nbd            qemu-nbd --cache=none --aio=native -f qcow2 on
+#   qemu-nbd            qemu-nbd --cache=none --aio=native --discard=unmap -f qcow2 on
 #                       /dev/nbd0, LIO iblock on /dev/nbd0
 # qlun runs with its default cfgstring (cache=writeback); extra options:
 # QLUN_BENCH_QLUN_OPTS=";cache=none" (appended to every qlun cfgstring).
