@@ -208,7 +208,7 @@ undo_push "iscsiadm -m node -o delete -T $IQN -p $PORTAL"
 step "node record" iscsiadm -m node -o new -T "$IQN" -p "$PORTAL"
 for kv in node.session.auth.authmethod=CHAP node.session.auth.username="$CHAP_USER" \
           node.session.auth.password="$CHAP_PASS" node.startup=manual \
-          node.session.queue_depth=128 node.session.cmds_max=256; do
+          node.session.queue_depth=128; do
     step "node setting ${kv%%=*}" iscsiadm -m node -T "$IQN" -p "$PORTAL" -o update -n "${kv%%=*}" -v "${kv#*=}"
 done
 undo_push "iscsiadm -m node -T $IQN -p $PORTAL --logout"

@@ -207,12 +207,8 @@ rig_login() {
         iscsiadm -m node -T "$iqn" -p "$RIG_PORTAL" -o update -n node.session.auth.password -v "$pass" || return 1
     fi
     # open-iscsi keeps 32 commands per LUN in flight by default; the target
-    # allows 128 (targetcli-config's cmdsn_depth): use them.  The session's
-    # cmds_max (default 128) must be larger: the initiator keeps 15 of its
-    # slots for task management, and the disk's queue depth is capped at
-    # the rest (113 with 128).
-    iscsiadm -m node -T "$iqn" -p "$RIG_PORTAL" -o update -n node.session.queue_depth -v 128 &&
-    iscsiadm -m node -T "$iqn" -p "$RIG_PORTAL" -o update -n node.session.cmds_max -v 256 || return 1
+    # allows 128 (targetcli-config's cmdsn_depth): use them.
+    iscsiadm -m node -T "$iqn" -p "$RIG_PORTAL" -o update -n node.session.queue_depth -v 128 || return 1
     iscsiadm -m node -T "$iqn" -p "$RIG_PORTAL" --login || { rig_log "login failed"; return 1; }
     RIG_DEV=$(rig_lun_dev "$iqn" "$RIG_LUN" "${RIG_LUN_TIMEOUT:-20}") || { rig_log "no disk for LUN $RIG_LUN of $iqn"; return 1; }
     rig_log "logged in to $iqn, LUN $RIG_LUN is $RIG_DEV"
